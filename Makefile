@@ -1,0 +1,51 @@
+# The two commands of a fresh machine:  make demo  and  make test.
+# Both create .venv, install the Python dependencies, and fetch a Consul binary (scripts/get-consul).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# Finds or downloads Consul; under CI=true a missing Consul stops the run, elsewhere the Consul tests skip.
+WITH_CONSUL = consul_bin=$$(scripts/get-consul) || { \
+	  case "$${CI:-}" in 1|true|TRUE|yes) echo "error: no Consul binary (see above)" >&2; exit 1;; esac; \
+	  echo "warning: no Consul binary: the tests that need it will be skipped" >&2; consul_bin=; }; \
+	export CONSUL_BIN="$$consul_bin";
+
+.PHONY: demo test lint type check tox bench consul clean
+
+$(STAMP): setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,apscheduler,django,dev]'
+	touch $(STAMP)
+
+consul:
+	@scripts/get-consul
+
+demo: $(STAMP)
+	@$(WITH_CONSUL) $(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	@$(WITH_CONSUL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+type: $(STAMP)
+	$(BIN)/mypy
+
+check: lint type test
+
+# Every supported Python (3.10 to 3.13), plus lint and type; pyenv's versions are made visible to tox.
+tox: $(STAMP)
+	@$(WITH_CONSUL) if command -v pyenv >/dev/null; then export PYENV_VERSION=$$(pyenv versions --bare | tr '\n' ':'); fi; \
+	$(BIN)/tox $(TOX_ARGS)
+
+bench: $(STAMP)
+	@$(WITH_CONSUL) for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .tox .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

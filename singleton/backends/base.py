@@ -1,0 +1,172 @@
+"""The backend contract: sessions with a TTL, and keys locked by a session.
+
+The election engine (``singleton.election``) speaks only to this contract. Its semantics are Consul's,
+and every backend keeps them:
+
+* a session lives while it is renewed within its TTL; the backend may take up to twice the TTL to
+  invalidate it once renewals stop, never less than the TTL;
+* a key is acquired by one session at a time; the same session acquiring again succeeds;
+* when a session is invalidated or destroyed while it holds keys, those keys are freed but cannot be
+  acquired by anyone for the session's lock-delay; a key released explicitly first has no lock-delay;
+* every change of a key raises its ``modify_index``; an acquisition by a new session raises
+  ``lock_index``; both only grow, so ``modify_index`` read right after an acquisition is a fencing token;
+* ``watch`` returns when the key's index moves past the one given, or after ``wait`` seconds.
+
+Methods may be called from several threads at once (the election thread and the watch threads).
+They raise only :class:`~singleton.errors.BackendError` subclasses:
+:class:`~singleton.errors.BackendUnavailable` when the service cannot answer now (try again later),
+:class:`~singleton.errors.AccessDenied` when an ACL forbids the call (retrying will not help),
+:class:`~singleton.errors.SessionInvalidated` when the session given no longer exists.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+__all__ = ["Acquisition", "Backend", "KeyInfo", "SessionInfo"]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as the backend stores it."""
+
+    key: str
+    #: ID of the session holding the lock, or None when the key is free.
+    session: str | None
+    value: bytes | None
+    #: Set by this library to the holder's acquisition time, in milliseconds since the epoch.
+    flags: int
+    create_index: int
+    modify_index: int
+    lock_index: int
+
+    @property
+    def holder(self) -> str | None:
+        """The value as text: ``hostname:pid`` of the holder (or of the last holder, once released)."""
+        if self.value is None:
+            return None
+        return self.value.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    name: str
+    #: Seconds, or None for a session without TTL.
+    ttl: float | None
+    lock_delay: float
+    node: str | None
+    create_index: int
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The outcome of :meth:`Backend.acquire`."""
+
+    acquired: bool
+    #: The key as read right after the attempt (None when it does not exist). After a success its
+    #: ``modify_index`` is the fencing token; after a failure its ``session`` tells who holds it, and
+    #: no session at all means the key is free but still inside a lock-delay.
+    entry: KeyInfo | None
+
+    @property
+    def in_lock_delay(self) -> bool:
+        return not self.acquired and (self.entry is None or self.entry.session is None)
+
+
+class Backend(abc.ABC):
+    """Sessions and session-held keys. See the module docstring for the semantics every backend keeps."""
+
+    #: Short name for logs and status output ("consul", "memory", "file").
+    name: str = "backend"
+
+    @property
+    def description(self) -> str:
+        """Where this backend points, for messages (never includes a secret)."""
+        return self.name
+
+    @abc.abstractmethod
+    def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
+        """Create a session and return its ID. Its TTL starts when the backend receives the call.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not create sessions
+        """
+
+    @abc.abstractmethod
+    def renew_session(self, session_id: str) -> None:
+        """Reset the session's TTL.
+
+        :raises SessionInvalidated: the session no longer exists (expired or destroyed)
+        :raises BackendUnavailable: the service cannot answer now; the session may still be alive
+        :raises AccessDenied: the ACL token may not renew it
+        """
+
+    @abc.abstractmethod
+    def destroy_session(self, session_id: str) -> None:
+        """Destroy the session. Keys it still holds are freed *with* its lock-delay. A missing session is fine.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not destroy it
+        """
+
+    @abc.abstractmethod
+    def session_info(self, session_id: str) -> SessionInfo | None:
+        """The session, or None when it does not exist.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not read sessions
+        """
+
+    @abc.abstractmethod
+    def acquire(self, key: str, session_id: str, value: bytes, flags: int = 0) -> Acquisition:
+        """Try to lock ``key`` for the session, writing ``value`` and ``flags`` when it succeeds.
+
+        Never waits for the lock: a key held by another session, or inside a lock-delay, is a failed
+        :class:`Acquisition`, not an error.
+
+        :raises SessionInvalidated: the session no longer exists
+        :raises BackendUnavailable: the service cannot answer now (the attempt may or may not have landed)
+        :raises AccessDenied: the ACL token may not write the key
+        """
+
+    @abc.abstractmethod
+    def release(self, key: str, session_id: str, value: bytes | None = None) -> bool:
+        """Unlock ``key`` if the session holds it (no lock-delay follows). Returns whether it did.
+
+        ``value``, when given, is written with the release (the last holder stays readable).
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not write the key
+        """
+
+    @abc.abstractmethod
+    def read(self, key: str) -> tuple[int, KeyInfo | None]:
+        """``(index, entry)`` of the key now; entry is None when the key does not exist.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not read the key
+        """
+
+    @abc.abstractmethod
+    def watch(self, key: str, index: int, wait: float) -> tuple[int, KeyInfo | None]:
+        """Like :meth:`read`, but blocks until the key's index passes ``index`` or ``wait`` seconds pass.
+
+        ``index=0`` answers at once. An index lower than the one given means the store was reset (a
+        restarted dev agent): start again from 0.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not read the key
+        """
+
+    @abc.abstractmethod
+    def list_keys(self, prefix: str) -> list[KeyInfo]:
+        """Every key under ``prefix`` ('' for all), sorted by key.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not read them
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release network resources. The backend is not used afterwards."""

@@ -1,0 +1,1 @@
+pytest_plugins = ["singleton.testing.pytest_plugin"]

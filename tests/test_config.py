@@ -1,0 +1,139 @@
+"""Settings: arguments first, then the Consul CLI's environment; bad values named with their range."""
+
+from __future__ import annotations
+
+import pytest
+
+from singleton.config import ConsulSettings, LeaseSpec, Settings, parse_address, validate_key
+from singleton.errors import ConfigurationError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8500", ("", "127.0.0.1", 8500)),
+        ("consul.service:9500", ("", "consul.service", 9500)),
+        ("http://10.0.0.5:8500", ("http", "10.0.0.5", 8500)),
+        ("https://consul.example:8501", ("https", "consul.example", 8501)),
+        ("https://consul.example", ("https", "consul.example", 443)),
+        ("[::1]:8500", ("", "::1", 8500)),
+        ("localhost", ("", "localhost", 8500)),
+    ],
+)
+def test_parse_address_accepts_the_cli_forms(text: str, expected: tuple[str, str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "   ", "unix:///tmp/consul.sock", "host:notaport", "host:99999", "http://h:1/path"])
+def test_unparseable_address_names_the_variable(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="CONSUL_HTTP_ADDR"):
+        parse_address(text)
+
+
+def test_from_env_reads_the_consul_cli_variables(tmp_path: object) -> None:
+    env = {
+        "CONSUL_HTTP_ADDR": "https://consul.internal:8501",
+        "CONSUL_HTTP_TOKEN": "secret-token",
+        "CONSUL_CACERT": "/etc/ca.pem",
+        "CONSUL_CLIENT_CERT": "/etc/c.pem",
+        "CONSUL_CLIENT_KEY": "/etc/c.key",
+        "CONSUL_HTTP_SSL_VERIFY": "false",
+    }
+    s = ConsulSettings.from_env(env)
+    assert (s.scheme, s.host, s.port) == ("https", "consul.internal", 8501)
+    assert s.token == "secret-token"
+    assert (s.ca_cert, s.client_cert, s.client_key, s.verify) == ("/etc/ca.pem", "/etc/c.pem", "/etc/c.key", False)
+    assert "secret-token" not in repr(s)
+    assert "<hidden>" in repr(s)
+
+
+def test_arguments_win_over_the_environment() -> None:
+    env = {"CONSUL_HTTP_ADDR": "10.1.1.1:8500", "CONSUL_HTTP_TOKEN": "from-env"}
+    s = ConsulSettings.from_env(env, address="127.0.0.1:9999", token="from-arg")
+    assert (s.host, s.port, s.token) == ("127.0.0.1", 9999, "from-arg")
+
+
+def test_token_file_is_read_when_no_token_variable(tmp_path: pytest.TempPathFactory) -> None:
+    path = f"{tmp_path}/token"
+    with open(path, "w") as f:
+        f.write("file-token\n")
+    assert ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": path}).token == "file-token"
+    with pytest.raises(ConfigurationError, match="CONSUL_HTTP_TOKEN_FILE"):
+        ConsulSettings.from_env({"CONSUL_HTTP_TOKEN_FILE": f"{tmp_path}/nope"})
+
+
+def test_ssl_variable_selects_https_when_address_has_no_scheme() -> None:
+    assert ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "h:8501", "CONSUL_HTTP_SSL": "true"}).scheme == "https"
+    with pytest.raises(ConfigurationError, match="CONSUL_HTTP_SSL_VERIFY must be true or false"):
+        ConsulSettings.from_env({"CONSUL_HTTP_SSL_VERIFY": "maybe"})
+
+
+def test_client_cert_needs_its_key() -> None:
+    with pytest.raises(ConfigurationError, match="client_cert and client_key"):
+        ConsulSettings.from_env({"CONSUL_CLIENT_CERT": "/c.pem"})
+
+
+@pytest.mark.parametrize("ttl", [0, 9.9, 86401, -5, float("nan"), "soon"])
+def test_ttl_outside_consuls_limits_is_refused(ttl: object) -> None:
+    with pytest.raises(ConfigurationError, match="ttl must be"):
+        LeaseSpec(ttl=ttl)  # type: ignore[arg-type]
+
+
+def test_ttl_error_states_the_range() -> None:
+    with pytest.raises(ConfigurationError, match=r"ttl must be between 10 and 86400 seconds, got 5"):
+        LeaseSpec(ttl=5)
+
+
+@pytest.mark.parametrize("delay", [-1, 60.5, 120])
+def test_lock_delay_outside_0_to_60_is_refused(delay: float) -> None:
+    with pytest.raises(ConfigurationError, match=r"lock_delay must be between 0 and 60 seconds"):
+        LeaseSpec(lock_delay=delay)
+
+
+@pytest.mark.parametrize("margin", [0, -1, 10, 12])
+def test_margin_that_leaves_no_lease_is_refused(margin: float) -> None:
+    with pytest.raises(ConfigurationError, match=r"margin must be .* 0 < margin < 10 seconds"):
+        LeaseSpec(ttl=15, margin=margin)
+
+
+def test_lease_defaults() -> None:
+    spec = LeaseSpec()
+    assert (spec.ttl, spec.lock_delay, spec.margin) == (15.0, 15.0, 3.0)
+    assert spec.renew_interval == 5.0
+    assert spec.lease == 12.0
+    assert LeaseSpec(ttl=10).margin == 2.0
+    assert LeaseSpec(ttl=3600).lease == 3600 - 720
+
+
+@pytest.mark.parametrize("key", ["", "/", "/reports/nightly", "has space", "tab\there", 42])
+def test_bad_keys_are_refused(key: object) -> None:
+    with pytest.raises(ConfigurationError, match="key must"):
+        validate_key(key)
+
+
+def test_settings_from_env_and_prefix() -> None:
+    env = {"SINGLETON_KEY_PREFIX": "myapp", "SINGLETON_TTL": "30", "CONSUL_HTTP_ADDR": "127.0.0.1:1234"}
+    s = Settings.from_env(env)
+    assert s.key_prefix == "myapp/"
+    assert s.full_key("reports/nightly") == "myapp/reports/nightly"
+    assert s.lease.ttl == 30.0
+    assert s.consul.port == 1234
+    assert Settings.from_env(env, ttl=20).lease.ttl == 20.0
+
+
+def test_settings_refuse_unknown_names_and_backends() -> None:
+    with pytest.raises(ConfigurationError, match="unknown setting"):
+        Settings.from_env({}, tll=10)
+    with pytest.raises(ConfigurationError, match="backend must be"):
+        Settings(backend="zookeeper://x")
+    with pytest.raises(ConfigurationError, match="absolute directory"):
+        Settings(backend="file://relative")
+    with pytest.raises(ConfigurationError, match=r"SINGLETON_TTL|ttl must be"):
+        Settings.from_env({"SINGLETON_TTL": "5"})
+
+
+def test_lease_for_overrides_keep_the_process_defaults() -> None:
+    s = Settings(lease=LeaseSpec(ttl=20, lock_delay=5, margin=4))
+    assert s.lease_for() is s.lease
+    assert s.lease_for(lock_delay=0) == LeaseSpec(ttl=20, lock_delay=0, margin=4)
+    assert s.lease_for(ttl=60) == LeaseSpec(ttl=60, lock_delay=5)  # a ttl of its own: its own margin
