@@ -24,7 +24,9 @@ def test_parse_address_accepts_the_cli_forms(text: str, expected: tuple[str, str
     assert parse_address(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "   ", "unix:///tmp/consul.sock", "host:notaport", "host:99999", "http://h:1/path"])
+@pytest.mark.parametrize(
+    "text", ["", "   ", "unix:///tmp/consul.sock", "host:notaport", "host:99999", "http://h:1/path"]
+)
 def test_unparseable_address_names_the_variable(text: str) -> None:
     with pytest.raises(ConfigurationError, match="CONSUL_HTTP_ADDR"):
         parse_address(text)
