@@ -1,7 +1,18 @@
-"""Run a function, a scheduled job or a command on exactly one process of a fleet: the holder of a Consul lock."""
+"""Run a function, a scheduled job or a command on exactly one process of a fleet: the holder of a Consul lock.
 
+::
+
+    from singleton import leader_only, StopToken
+
+    @leader_only(key="reports/nightly", ttl=15)
+    def nightly(stop_token: StopToken | None = None) -> int: ...
+"""
+
+from singleton._runtime import configure, get_elector, get_settings, shutdown
 from singleton._version import __version__
 from singleton.config import ConsulSettings, LeaseSpec, Settings
+from singleton.decorators import LeaderOnlyFunction, LeaderOnlyHandle, leader_only
+from singleton.election import Election, ElectionStatus, Elector, Role
 from singleton.errors import (
     AccessDenied,
     BackendError,
@@ -12,6 +23,7 @@ from singleton.errors import (
     SessionInvalidated,
     SingletonError,
 )
+from singleton.token import StopToken, current_token
 
 __all__ = [
     "AccessDenied",
@@ -19,11 +31,24 @@ __all__ = [
     "BackendUnavailable",
     "ConfigurationError",
     "ConsulSettings",
+    "Election",
+    "ElectionStatus",
+    "Elector",
+    "LeaderOnlyFunction",
+    "LeaderOnlyHandle",
     "LeadershipLost",
     "LeaseSpec",
     "NotLeader",
+    "Role",
     "SessionInvalidated",
     "Settings",
     "SingletonError",
+    "StopToken",
     "__version__",
+    "configure",
+    "current_token",
+    "get_elector",
+    "get_settings",
+    "leader_only",
+    "shutdown",
 ]

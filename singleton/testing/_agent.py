@@ -84,8 +84,10 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _http(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+def _http(url: str, timeout: float = 2.0, token: str | None = None) -> Any:
+    headers = {"X-Consul-Token": token} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # loopback only
         return json.loads(response.read() or b"null")
 
 
@@ -102,8 +104,11 @@ class ConsulAgent:
         bootstrap_expect: int | None = None,
         join: Sequence[str] = (),
         extra_args: Sequence[str] = (),
+        token: str | None = None,
     ) -> None:
         self.binary = binary or find_consul()
+        #: The token the readiness checks use (for an agent started with ACLs on).
+        self.token = token
         self.node = node
         self.dev = dev
         self.bootstrap_expect = bootstrap_expect
@@ -196,7 +201,8 @@ class ConsulAgent:
             if not self.running:
                 raise RuntimeError(f"consul agent {self.node} exited during start-up:\n{self.log_tail()}")
             try:
-                if _http(f"{self.url}/v1/status/leader") and _http(f"{self.url}/v1/catalog/node/{self.node}"):
+                leader = _http(f"{self.url}/v1/status/leader", token=self.token)
+                if leader and _http(f"{self.url}/v1/catalog/node/{self.node}", token=self.token):
                     return
                 last = "no leader or node registration yet"
             except (OSError, urllib.error.URLError, ValueError) as exc:

@@ -1,0 +1,394 @@
+"""``@leader_only``: run a function's body only in the process that holds its key's lock.
+
+::
+
+    @leader_only(key="reports/nightly", ttl=15)
+    def nightly(stop_token: StopToken | None = None) -> int:
+        for batch in batches():
+            if stop_token.wait(0):        # or current_token().raise_if_stopped()
+                break
+            ...
+
+On the holder the body runs and its result is returned. Elsewhere the body does not run and the call
+returns ``default`` (None unless given), or raises :class:`~singleton.errors.NotLeader` with
+``on_follower="raise"``. A bare ``@leader_only`` uses ``module.qualname`` as the key.
+
+The call path reads state that the election thread keeps: no network round trip. Only the *first*
+call of a function registers its key and waits for the first acquisition attempt (bounded by
+``startup_timeout``; about one round trip when Consul is up), so on a fresh fleet the first call runs on
+exactly one process rather than on none. To campaign before the first call, use
+``fn.election.start()``.
+
+Where it goes: on a plain function, a method, or an ``async def`` (which stays a coroutine function).
+With ``@classmethod`` or ``@staticmethod`` put ``@leader_only`` *below* them (closest to ``def``);
+above them works too. Decorated module-level functions stay picklable (by reference), so they can be
+sent to a ProcessPoolExecutor; the child campaigns with its own session.
+
+Nothing about Consul ever raises from a decorated call: a process that cannot prove it holds the key
+(Consul down, session lost, not yet elected) simply does not run the body, and
+``fn.election.status()`` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from singleton import _runtime
+from singleton.config import LeaseSpec, check_range, validate_key
+from singleton.election import Election, ElectionStatus, Elector, Role
+from singleton.errors import ConfigurationError, NotLeader, SingletonError
+from singleton.token import StopToken, _reset_current, _set_current
+
+__all__ = ["LeaderOnlyFunction", "LeaderOnlyHandle", "leader_only"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
+
+_STOP_TOKEN = "stop_token"
+
+# Lease settings given explicitly per key, to refuse contradicting decorations at decoration time.
+_declared: dict[str, tuple[str, tuple[float | None, float | None, float | None]]] = {}
+_declared_lock = threading.Lock()
+
+
+def _declare(key: str, name: str, lease: tuple[float | None, float | None, float | None]) -> None:
+    with _declared_lock:
+        previous = _declared.setdefault(key, (name, lease))
+    if previous[1] != lease and previous[0] != name:
+        raise ConfigurationError(
+            f"key {key!r} is already used by {previous[0]} with (ttl, lock_delay, margin)={previous[1]}; "
+            f"{name} asks for {lease}: one key has one lease setting"
+        )
+
+
+class LeaderOnlyHandle:
+    """``fn.election``: the decorated function's view of its key's election.
+
+    Reads never touch the network. The handle binds to the process-wide elector (or the one given to
+    the decorator) on first use, and again in a forked child or after a shutdown and re-configure.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        key: str,
+        *,
+        ttl: float | None,
+        lock_delay: float | None,
+        margin: float | None,
+        startup_timeout: float | None,
+        elector: Elector | None,
+    ) -> None:
+        self.name = name
+        self.key = key
+        self.ttl = ttl
+        self.lock_delay = lock_delay
+        self.margin = margin
+        self.startup_timeout = startup_timeout
+        self._elector = elector
+        self._election: Election | None = None
+        self._lock = threading.Lock()
+        #: How many calls did not run their body, and why the last one did not.
+        self.skipped = 0
+        self.last_skip_reason: str | None = None
+        _runtime.on_fork(self, self._forget)
+
+    def __repr__(self) -> str:
+        return f"<LeaderOnlyHandle {self.name} key={self.key!r}>"
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._election = None
+
+    def _attach(self, wait: bool = True) -> Election | None:
+        """The election of this key, registering it on first use; None once singleton is shut down."""
+        with self._lock:
+            election = self._election
+            if election is None or election.elector.closed:
+                try:
+                    elector = self._elector if self._elector is not None else _runtime.get_elector()
+                except SingletonError as exc:
+                    self.last_skip_reason = str(exc)
+                    return None
+                if elector.closed:
+                    return None
+                election = elector.register(self.key, ttl=self.ttl, lock_delay=self.lock_delay, margin=self.margin)
+                self._election = election
+        if wait and not election._settled.is_set():
+            timeout = self.startup_timeout
+            if timeout is None:
+                timeout = election.elector.settings.startup_timeout
+            election.wait_settled(timeout)
+        return election
+
+    # -- the public face --------------------------------------------------------------------------
+
+    def start(self) -> Election:
+        """Campaign now instead of at the first call; returns the election (does not wait)."""
+        election = self._attach(wait=False)
+        if election is None:
+            raise SingletonError("singleton was shut down in this process")
+        return election
+
+    @property
+    def election(self) -> Election | None:
+        """The underlying election, or None before the first call or :meth:`start`."""
+        return self._election
+
+    @property
+    def is_leader(self) -> bool:
+        election = self._election
+        return election is not None and election.is_leader
+
+    @property
+    def token(self) -> StopToken | None:
+        election = self._election
+        return None if election is None else election.token
+
+    @property
+    def holder(self) -> str | None:
+        election = self._election
+        return None if election is None else election.holder
+
+    def status(self) -> ElectionStatus | None:
+        """Who holds the key and why this process is not leading; None before the first call or start()."""
+        election = self._election
+        return None if election is None else election.status()
+
+    def wait_for_leadership(self, timeout: float | None = None) -> bool:
+        return self.start().wait_for_leadership(timeout)
+
+    def resign(self, timeout: float | None = 10.0) -> bool:
+        election = self._election
+        return False if election is None else election.resign(timeout)
+
+    def campaign(self) -> None:
+        self.start().campaign()
+
+    # -- call path helpers ------------------------------------------------------------------------
+
+    def _why_not(self, election: Election | None) -> str:
+        if election is None:
+            return self.last_skip_reason or "singleton is shut down in this process"
+        status = election.status()
+        if status.role is Role.STARTING:
+            return "the first acquisition attempt has not finished (startup_timeout)"
+        return status.reason or (f"held by {status.holder}" if status.holder else "not leader")
+
+
+class LeaderOnlyFunction(Protocol[P, R_co]):
+    """What ``@leader_only`` returns: the function, with ``.election`` (a :class:`LeaderOnlyHandle`)."""
+
+    election: LeaderOnlyHandle
+    __name__: str
+    __qualname__: str
+
+    @property
+    def __wrapped__(self) -> Callable[P, R_co]: ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co | None: ...
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Callable[..., R_co | None]: ...
+
+
+class AsyncLeaderOnlyFunction(Protocol[P, R_co]):
+    """``@leader_only`` on an ``async def``: still a coroutine function, with ``.election``."""
+
+    election: LeaderOnlyHandle
+    __name__: str
+    __qualname__: str
+
+    @property
+    def __wrapped__(self) -> Callable[P, Awaitable[R_co]]: ...
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co | None]: ...
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Callable[..., Awaitable[R_co | None]]: ...
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncLeaderOnlyFunction[P, T]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, T], /) -> LeaderOnlyFunction[P, T]: ...
+
+
+class _Options(Generic[T]):
+    """The validated options of one ``@leader_only(...)``."""
+
+    def __init__(
+        self,
+        key: str | None,
+        ttl: float | None,
+        lock_delay: float | None,
+        margin: float | None,
+        default: Any,
+        on_follower: str,
+        startup_timeout: float | None,
+        elector: Elector | None,
+    ) -> None:
+        if key is not None:
+            validate_key(key)
+        if on_follower not in ("skip", "raise"):
+            raise ConfigurationError(f"on_follower must be 'skip' or 'raise', got {on_follower!r}")
+        if startup_timeout is not None:
+            startup_timeout = check_range("startup_timeout", startup_timeout, 0.0, 600.0)
+        if elector is not None and not isinstance(elector, Elector):
+            raise ConfigurationError(f"elector must be an Elector, got {elector!r}")
+        if ttl is not None or lock_delay is not None or margin is not None:
+            # Checked now, at decoration time: the process defaults fill in whatever is not given.
+            LeaseSpec(
+                ttl=15.0 if ttl is None and margin is None else (ttl if ttl is not None else 86400.0),
+                lock_delay=15.0 if lock_delay is None else lock_delay,
+                margin=margin,
+            )
+        self.key = key
+        self.ttl = ttl
+        self.lock_delay = lock_delay
+        self.margin = margin
+        self.default = default
+        self.on_follower = on_follower
+        self.startup_timeout = startup_timeout
+        self.elector = elector
+
+
+@overload
+def leader_only(func: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncLeaderOnlyFunction[P, T]: ...
+
+
+@overload
+def leader_only(func: Callable[P, T], /) -> LeaderOnlyFunction[P, T]: ...
+
+
+@overload
+def leader_only(
+    func: None = None,
+    /,
+    *,
+    key: str | None = None,
+    ttl: float | None = None,
+    lock_delay: float | None = None,
+    margin: float | None = None,
+    default: Any = None,
+    on_follower: Literal["skip", "raise"] = "skip",
+    startup_timeout: float | None = None,
+    elector: Elector | None = None,
+) -> _Decorator: ...
+
+
+def leader_only(
+    func: Any = None,
+    /,
+    *,
+    key: str | None = None,
+    ttl: float | None = None,
+    lock_delay: float | None = None,
+    margin: float | None = None,
+    default: Any = None,
+    on_follower: Literal["skip", "raise"] = "skip",
+    startup_timeout: float | None = None,
+    elector: Elector | None = None,
+) -> Any:
+    """Run the function's body only on the process that holds ``key``'s lock.
+
+    :param key: the Consul key (under the configured ``key_prefix``); default ``module.qualname``.
+    :param ttl: session TTL, 10..86400 s; default the process setting (15 s).
+    :param lock_delay: 0..60 s; default the process setting (15 s).
+    :param margin: the local lease is ``ttl - margin``; ``0 < margin < 2/3 ttl``; default ``max(1, ttl/5)``.
+    :param default: what a call returns where the body does not run.
+    :param on_follower: ``"skip"`` (return ``default``) or ``"raise"`` (:class:`NotLeader`).
+    :param startup_timeout: how long the first call waits for the first acquisition attempt.
+    :param elector: an :class:`Elector` of your own instead of the process-wide one.
+    :raises ConfigurationError: at decoration time, for any bad option.
+    """
+    options: _Options[Any] = _Options(key, ttl, lock_delay, margin, default, on_follower, startup_timeout, elector)
+    if func is None:
+        return lambda f: _decorate(f, options)
+    return _decorate(func, options)
+
+
+def _decorate(func: Any, options: _Options[Any]) -> Any:
+    if isinstance(func, (classmethod, staticmethod)):
+        return type(func)(_decorate(func.__func__, options))
+    if not callable(func):
+        raise ConfigurationError(f"@leader_only decorates a function or method, got {func!r}")
+    name = f"{func.__module__}.{func.__qualname__}"
+    key = options.key or name
+    validate_key(key)
+    _declare(key, name, (options.ttl, options.lock_delay, options.margin))
+    handle = LeaderOnlyHandle(
+        name,
+        key,
+        ttl=options.ttl,
+        lock_delay=options.lock_delay,
+        margin=options.margin,
+        startup_timeout=options.startup_timeout,
+        elector=options.elector,
+    )
+    wants_token = _STOP_TOKEN in inspect.signature(func).parameters
+    default = options.default
+    raise_on_follower = options.on_follower == "raise"
+
+    def skip(election: Election | None) -> Any:
+        handle.skipped += 1
+        reason = handle._why_not(election)
+        handle.last_skip_reason = reason
+        if raise_on_follower:
+            raise NotLeader(key, election.holder if election is not None else None, reason)
+        return default
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            election = handle._election
+            if election is None or election.elector._closed:
+                election = await asyncio.get_running_loop().run_in_executor(None, handle._attach)
+                if election is None:
+                    return skip(None)
+            token = election._token
+            if token is None or token.stopped:
+                return skip(election)
+            if wants_token:
+                kwargs[_STOP_TOKEN] = token
+            previous = _set_current(token)
+            election._enter_body()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                election._exit_body()
+                _reset_current(previous)
+
+        async_wrapper.election = handle  # type: ignore[attr-defined]
+        return async_wrapper
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        election = handle._election
+        if election is None or election.elector._closed:
+            election = handle._attach()
+            if election is None:
+                return skip(None)
+        token = election._token
+        if token is None or token.stopped:
+            return skip(election)
+        if wants_token:
+            kwargs[_STOP_TOKEN] = token
+        previous = _set_current(token)
+        election._enter_body()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            election._exit_body()
+            _reset_current(previous)
+
+    wrapper.election = handle  # type: ignore[attr-defined]
+    return wrapper

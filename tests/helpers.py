@@ -1,0 +1,107 @@
+"""Shared test helpers: a fake clock and a per-process view of a shared backend that can be partitioned."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from singleton.backends.base import Acquisition, Backend, KeyInfo, SessionInfo
+from singleton.backends.memory import MemoryBackend
+from singleton.config import LeaseSpec, Settings
+from singleton.election import Elector
+from singleton.errors import BackendUnavailable
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Partitionable(Backend):
+    """One process's link to a shared backend: ``partitioned = True`` cuts only this process off."""
+
+    name = "partitionable"
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.partitioned = False
+
+    def _check(self) -> None:
+        if self.partitioned:
+            raise BackendUnavailable("partitioned from the backend")
+
+    def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
+        self._check()
+        return self.inner.create_session(name=name, ttl=ttl, lock_delay=lock_delay)
+
+    def renew_session(self, session_id: str) -> None:
+        self._check()
+        self.inner.renew_session(session_id)
+
+    def destroy_session(self, session_id: str) -> None:
+        self._check()
+        self.inner.destroy_session(session_id)
+
+    def session_info(self, session_id: str) -> SessionInfo | None:
+        self._check()
+        return self.inner.session_info(session_id)
+
+    def acquire(self, key: str, session_id: str, value: bytes, flags: int = 0) -> Acquisition:
+        self._check()
+        return self.inner.acquire(key, session_id, value, flags)
+
+    def release(self, key: str, session_id: str, value: bytes | None = None) -> bool:
+        self._check()
+        return self.inner.release(key, session_id, value)
+
+    def read(self, key: str) -> tuple[int, KeyInfo | None]:
+        self._check()
+        return self.inner.read(key)
+
+    def watch(self, key: str, index: int, wait: float) -> tuple[int, KeyInfo | None]:
+        self._check()
+        return self.inner.watch(key, index, wait)
+
+    def list_keys(self, prefix: str) -> list[KeyInfo]:
+        self._check()
+        return self.inner.list_keys(prefix)
+
+
+def memory_elector(
+    backend: Backend,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    identity: str = "host-a:1",
+    ttl: float = 15,
+    lock_delay: float = 15,
+    margin: float | None = None,
+    inline: bool = True,
+    **settings: object,
+) -> Elector:
+    """An elector on ``backend``: inline (driven by step(), for fake clocks) or threaded."""
+    config = Settings(
+        backend="memory://",
+        lease=LeaseSpec(ttl=ttl, lock_delay=lock_delay, margin=margin),
+        identity=identity,
+        **settings,  # type: ignore[arg-type]
+    )
+    return Elector(
+        config,
+        backend=backend,
+        clock=clock,
+        watch="inline" if inline else "thread",
+        rng=random.Random(7),
+    )
+
+
+def shared_memory(clock: FakeClock) -> MemoryBackend:
+    return MemoryBackend(clock=clock)

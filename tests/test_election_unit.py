@@ -1,0 +1,405 @@
+"""Every state transition of the election engine, on the memory backend with a fake clock: nothing sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from singleton.backends.memory import MemoryBackend
+from singleton.election import Elector, Role
+from singleton.errors import ConfigurationError
+
+from .helpers import FakeClock, Partitionable, memory_elector
+
+KEY = "jobs/report"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def backend(clock: FakeClock) -> MemoryBackend:
+    return MemoryBackend(clock=clock)
+
+
+def two_nodes(backend: MemoryBackend, clock: FakeClock, **kw: object) -> tuple[Elector, Elector, Partitionable]:
+    link_a = Partitionable(backend)
+    a = memory_elector(link_a, clock, identity="host-a:1", **kw)  # type: ignore[arg-type]
+    b = memory_elector(backend, clock, identity="host-b:2", **kw)  # type: ignore[arg-type]
+    return a, b, link_a
+
+
+def test_first_step_acquires_a_free_key(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    election = a.register(KEY)
+    assert election.role is Role.STARTING
+    a.step()
+    assert election.is_leader
+    status = election.status()
+    assert status.role is Role.LEADER
+    assert status.holder == "host-a:1"
+    _, entry = backend.read(KEY)
+    assert entry is not None
+    assert entry.holder == "host-a:1"
+    assert entry.session == status.session
+    assert election.token is not None
+    assert election.token.fence == entry.modify_index == status.fence
+    assert status.lease_remaining == pytest.approx(12.0)  # ttl 15 - margin 3
+    assert [s.name for s in backend.sessions()] == ["host-a:1"]
+
+
+def test_second_process_follows_and_knows_the_holder(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, b, _ = two_nodes(backend, clock)
+    a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    assert not eb.is_leader
+    assert eb.token is None
+    status = eb.status()
+    assert status.role is Role.FOLLOWER
+    assert status.holder == "host-a:1"
+    assert status.reason == "held by host-a:1"
+    attempts = backend.calls["acquire"]
+    for _ in range(5):
+        clock.advance(1)
+        b.step()
+    assert backend.calls["acquire"] == attempts, "a follower must not poll the lock"
+
+
+def test_renews_every_third_of_the_ttl_and_extends_the_lease(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    election = a.register(KEY)
+    assert a.step() == pytest.approx(5.0)  # the next thing due is the renewal at ttl / 3
+    clock.advance(4.9)
+    a.step()
+    assert backend.calls["renew_session"] == 0
+    clock.advance(0.1)
+    a.step()
+    assert backend.calls["renew_session"] == 1
+    assert election.status().lease_remaining == pytest.approx(12.0)
+
+
+def test_outage_shorter_than_the_lease_changes_nothing(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, _, link = two_nodes(backend, clock)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    link.partitioned = True
+    for _ in range(100):  # 10 s of retries at most every 2 s, short of the 12 s lease
+        clock.advance(0.1)
+        a.step()
+    assert election.is_leader
+    assert backend.calls["renew_session"] == 0
+    link.partitioned = False
+    clock.advance(1.0)
+    a.step()
+    assert election.is_leader
+    assert election.token is token, "the same term goes on"
+    assert not token.stopped
+    assert election.status().lease_remaining == pytest.approx(12.0)
+
+
+def test_token_fires_when_the_lease_runs_out_even_without_the_thread(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, _, link = two_nodes(backend, clock)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    link.partitioned = True
+    clock.advance(11.999)
+    assert not token.stopped
+    clock.advance(0.001)
+    # No step(): the token itself sees the lease end, 3 s before Consul could expire the session.
+    assert token.stopped
+    assert token.reason is not None
+    assert "lease" in token.reason
+    assert not election.is_leader
+    a.step()
+    assert election.status().role is Role.FOLLOWER
+    assert "lease" in (election.status().reason or "")
+
+
+def test_leadership_comes_back_when_the_session_survived_the_outage(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, b, link = two_nodes(backend, clock)
+    election = a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    first = election.token
+    assert first is not None
+    link.partitioned = True
+    clock.advance(13)
+    a.step()
+    assert first.stopped
+    link.partitioned = False  # back before the session's 15 s TTL ran out
+    clock.advance(0.5)
+    a.step()
+    a.step()
+    assert election.is_leader
+    second = election.token
+    assert second is not None
+    assert second is not first
+    assert first.stopped, "a fired token never comes back"
+    assert second.fence > first.fence
+    b.step()
+    assert not eb.is_leader
+
+
+def test_after_a_long_partition_the_other_node_waits_out_the_lock_delay_exactly(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    a, b, link = two_nodes(backend, clock, lock_delay=10)
+    ea = a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    assert ea.is_leader
+    link.partitioned = True
+    lost_at = None
+    released_at = None
+    for _ in range(400):
+        clock.advance(0.1)
+        a.step()
+        b.step()
+        if lost_at is None and not ea.is_leader:
+            lost_at = clock.now
+        if released_at is None and eb.status().holder is None:
+            released_at = clock.now
+        if eb.is_leader:
+            break
+    assert lost_at is not None
+    assert released_at is not None
+    assert eb.is_leader
+    taken_at = clock.now
+    start = 1000.0
+    assert lost_at == pytest.approx(start + 12.0, abs=0.11)  # the lease: ttl 15 - margin 3
+    assert released_at == pytest.approx(start + 15.0, abs=0.11)  # the session TTL (expiry_factor 1)
+    assert taken_at - released_at == pytest.approx(10.0 + 0.05, abs=0.11)  # lock-delay + slack, no poll
+    assert backend.calls["acquire"] <= 4, "no coarse polling through the lock-delay"
+    # A comes back: its session is gone, it follows the new holder.
+    link.partitioned = False
+    clock.advance(1)
+    a.step()
+    a.step()
+    assert not ea.is_leader
+    assert ea.status().holder == "host-b:2"
+
+
+def test_operator_destroying_the_session_fires_the_token(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock, lock_delay=5)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    session = election.status().session
+    assert session is not None
+    backend.invalidate_session(session)
+    a.step()
+    assert token.stopped
+    assert "session invalidated" in (token.reason or "") or "released by Consul" in (token.reason or "")
+    assert not election.is_leader
+    # It campaigns again with a new session, after the lock-delay its old session left behind.
+    clock.advance(5.1)
+    a.step()
+    a.step()
+    assert election.is_leader
+    assert election.status().session != session
+
+
+def test_operator_deleting_the_key_fires_the_token_and_a_new_term_begins(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    a = memory_elector(backend, clock)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    backend.delete(KEY)
+    a.step()
+    assert token.stopped
+    assert token.reason == "the key was deleted"
+    a.step()
+    assert election.is_leader
+    new = election.token
+    assert new is not None
+    assert new.fence > token.fence
+
+
+def test_renewal_answering_404_ends_the_term(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    session = election.status().session
+    assert session is not None
+    backend.invalidate_session(session)
+    clock.advance(5)
+    a._poll_watches = lambda: None  # type: ignore[method-assign]  # only the renewal may notice
+    a.step()
+    assert token.stopped
+    assert "session invalidated" in (token.reason or "")
+
+
+def test_graceful_close_hands_over_without_lock_delay(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, b, _ = two_nodes(backend, clock)
+    ea = a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    token = ea.token
+    assert token is not None
+    a.close(grace=0)
+    assert token.stopped
+    assert token.reason == "shutting down"
+    assert backend.sessions()
+    assert all(s.name != "host-a:1" for s in backend.sessions())
+    b.step()
+    assert eb.is_leader, "a released key is free at once: no lock-delay after a release"
+    _, entry = backend.read(KEY)
+    assert entry is not None
+    assert entry.holder == "host-b:2"
+
+
+def test_resign_releases_and_stops_campaigning(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, b, _ = two_nodes(backend, clock)
+    ea = a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    token = ea.token
+    assert token is not None
+    ea.resign()
+    assert token.stopped
+    a.step()
+    assert ea.status().role is Role.RESIGNED
+    b.step()
+    assert eb.is_leader
+    b.close(grace=0)
+    a.step()
+    assert not ea.is_leader, "a resigned election does not take the key back"
+    ea.campaign()
+    a.step()
+    assert ea.is_leader
+
+
+def test_lock_delay_unseen_release_retries_after_own_lock_delay(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock, identity="host-a:1", lock_delay=8)
+    a.register(KEY)
+    a.step()
+    session = a.status()[0].session
+    assert session is not None
+    backend.invalidate_session(session)  # the key is free, inside an 8 s lock-delay
+    a.close(grace=0)
+    b = memory_elector(backend, clock, identity="host-b:2", lock_delay=8)
+    eb = b.register(KEY)
+    b.step()
+    assert not eb.is_leader
+    assert "lock-delay; next attempt in 8.05s" in (eb.status().reason or "")
+    clock.advance(5)
+    assert b.step() == pytest.approx(3.05)  # renewed at 5 s; the retry is next
+    clock.advance(3.0)
+    b.step()
+    assert not eb.is_leader
+    clock.advance(0.05)
+    b.step()
+    assert eb.is_leader
+
+
+def test_keys_share_one_session_and_one_renewal(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    elections = [a.register(f"jobs/{i}") for i in range(20)]
+    a.step()
+    assert all(e.is_leader for e in elections)
+    assert len(backend.sessions()) == 1
+    clock.advance(5)
+    a.step()
+    assert backend.calls["renew_session"] == 1
+
+
+def test_a_key_with_other_lease_settings_gets_its_own_session(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    a.register("jobs/a")
+    a.register("jobs/b", ttl=60)
+    a.step()
+    assert sorted(s.ttl or 0 for s in backend.sessions()) == [15, 60]
+
+
+def test_registering_a_key_twice_with_other_settings_is_refused(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    assert a.register(KEY) is a.register(KEY)
+    with pytest.raises(ConfigurationError, match=r"already campaigned for with ttl=15.*got ttl=30"):
+        a.register(KEY, ttl=30)
+
+
+def test_backend_down_from_the_start_settles_as_follower_with_the_reason(clock: FakeClock) -> None:
+    backend = MemoryBackend(clock=clock)
+    backend.set_down(True)
+    a = memory_elector(backend, clock)
+    election = a.register(KEY)
+    delay = a.step()
+    assert election.wait_settled(0)
+    assert not election.is_leader
+    status = election.status()
+    assert status.role is Role.FOLLOWER
+    assert "memory backend is down" in (status.reason or "")
+    assert 0.3 < delay <= 0.7  # capped backoff, not a tight loop
+    attempts = backend.calls["create_session"]
+    for _ in range(60):
+        clock.advance(1)
+        a.step()
+    assert backend.calls["create_session"] - attempts <= 15, "backoff is capped at about 5 s"
+    backend.set_down(False)
+    clock.advance(5)
+    a.step()
+    assert election.is_leader
+
+
+def test_a_fired_token_is_not_revived_by_a_late_renewal(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, _, link = two_nodes(backend, clock)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    clock.advance(5)  # a renewal is due ...
+    link.partitioned = True
+    a.step()
+    clock.advance(8)  # ... and the lease (12 s) runs out before one lands
+    link.partitioned = False
+    assert token.stopped
+    a.step()
+    assert token.stopped
+    assert election.is_leader
+    assert election.token is not token
+
+
+def test_acquisition_value_and_flags_identify_the_holder(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = Elector(
+        memory_elector(backend, clock).settings,
+        backend=backend,
+        clock=clock,
+        wall_clock=lambda: 1_700_000_000.5,
+        watch="inline",
+    )
+    a.register(KEY)
+    a.step()
+    _, entry = backend.read(KEY)
+    assert entry is not None
+    assert entry.value == b"host-a:1"
+    assert entry.flags == 1_700_000_000_500
+
+
+def test_next_due_tracks_renewals_and_lease(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, _, link = two_nodes(backend, clock)
+    a.register(KEY)
+    a.step()
+    link.partitioned = True
+    clock.advance(5)
+    delay = a.step()
+    assert 0 < delay <= 0.3  # renewal retried soon
+    clock.advance(6.9)
+    delay = a.step()
+    assert delay <= 0.1 + 1e-9  # and never later than the lease deadline (at 12 s)
