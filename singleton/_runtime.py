@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -62,16 +63,7 @@ def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
 
 
 def _as_overrides(settings: Settings) -> dict[str, Any]:
-    return {
-        "consul": settings.consul,
-        "backend": settings.backend,
-        "key_prefix": settings.key_prefix,
-        "lease": settings.lease,
-        "watch_wait": settings.watch_wait,
-        "startup_timeout": settings.startup_timeout,
-        "shutdown_grace": settings.shutdown_grace,
-        "identity": settings.identity,
-    }
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
 
 
 def get_settings() -> Settings:

@@ -288,8 +288,10 @@ class Settings:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     #: On shutdown, how long running bodies get to finish after their stop token fired.
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
-    #: ``hostname:pid`` by default: the session name and the value written to every held key.
+    #: ``hostname:pid`` by default: the value written to every held key (and the session name).
     identity: str = field(default_factory=holder_identity)
+    #: The Consul session's name; None means the identity.
+    session_name: str | None = None
 
     def __post_init__(self) -> None:
         scheme = self.backend.split("://", 1)[0] if "://" in self.backend else self.backend

@@ -155,9 +155,30 @@ class Election:
         self._last_error: str | None = None
         self._running = 0
         self._running_lock = threading.Lock()
+        self._listeners: list[Callable[[Election], object]] = []
 
     def __repr__(self) -> str:
         return f"<Election {self.full_key!r} {self.role.value}>"
+
+    # -- listeners ------------------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[Election], object]) -> None:
+        """Call ``callback(election)`` each time this process becomes, or stops being, the leader.
+
+        It runs on the election thread right after the change (read :attr:`is_leader` to know which):
+        keep it short and never block in it. Exceptions are logged and ignored.
+        """
+        self._listeners = [*self._listeners, callback]
+
+    def remove_listener(self, callback: Callable[[Election], object]) -> None:
+        self._listeners = [cb for cb in self._listeners if cb is not callback]
+
+    def _emit(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback(self)
+            except Exception:
+                _log.exception("leadership listener %r of %r failed", callback, self.key)
 
     # -- reading (any thread, no I/O) -----------------------------------------------------------
 
@@ -291,6 +312,7 @@ class Elector:
         self.settings = settings if settings is not None else Settings.from_env()
         self.backend = backend if backend is not None else create_backend(self.settings)
         self.identity = self.settings.identity
+        self.session_name = self.settings.session_name or self.identity
         self.pid = os.getpid()
         self.name = name
         self._clock = clock
@@ -397,8 +419,8 @@ class Elector:
         for election in elections:
             election._active = False
             token = election._token
-            if token is not None:
-                token.fire("shutting down")
+            if token is not None and token.fire("shutting down"):
+                election._emit()
         end = time.monotonic() + grace
         with self._changed:
             while any(e._running for e in elections):
@@ -537,7 +559,7 @@ class Elector:
         sent = self._clock()
         try:
             session_id = self.backend.create_session(
-                name=self.identity, ttl=group.spec.ttl, lock_delay=group.spec.lock_delay
+                name=self.session_name, ttl=group.spec.ttl, lock_delay=group.spec.lock_delay
             )
         except BackendError as exc:
             group.failures += 1
@@ -664,6 +686,7 @@ class Elector:
             _log.info("%s is now the leader of %r (fence %d)", self.identity, election.key, entry.modify_index)
             election._settled.set()
             self._notify()
+            election._emit()
             return
         self._observe(election, entry, now)
         if result.in_lock_delay:
@@ -766,6 +789,7 @@ class Elector:
         level = logging.INFO if reason in ("resigned", "shutting down") else logging.WARNING
         _log.log(level, "%s is no longer the leader of %r: %s", self.identity, election.key, reason)
         self._notify()
+        election._emit()
 
     def _note_error(self, election: Election, exc: BaseException, doing: str, set_reason: bool = True) -> None:
         election._last_error = f"{doing}: {exc}"

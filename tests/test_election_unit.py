@@ -403,3 +403,27 @@ def test_next_due_tracks_renewals_and_lease(backend: MemoryBackend, clock: FakeC
     clock.advance(6.9)
     delay = a.step()
     assert delay <= 0.1 + 1e-9  # and never later than the lease deadline (at 12 s)
+
+
+def test_listeners_hear_every_change_of_leadership(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    election = a.register(KEY)
+    heard: list[bool] = []
+    election.add_listener(lambda e: heard.append(e.is_leader))
+    election.add_listener(lambda e: 1 / 0)  # logged, and the others still hear
+    a.step()
+    backend.delete(KEY)
+    a.step()
+    a.step()
+    a.close(grace=0)
+    assert heard == [True, False, True, False]
+
+
+def test_session_name_can_differ_from_the_identity(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock, session_name="reports-service")
+    a.register(KEY)
+    a.step()
+    assert [s.name for s in backend.sessions()] == ["reports-service"]
+    _, entry = backend.read(KEY)
+    assert entry is not None
+    assert entry.holder == "host-a:1"
