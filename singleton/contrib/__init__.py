@@ -1,0 +1,1 @@
+"""Integrations with other libraries; each needs its extra (``consul-singleton[apscheduler]``, ``[django]``)."""
