@@ -42,7 +42,7 @@ from singleton import _runtime
 from singleton.config import LeaseSpec, check_range, validate_key
 from singleton.election import Election, ElectionStatus, Elector, Role
 from singleton.errors import ConfigurationError, NotLeader, SingletonError
-from singleton.token import StopToken, _reset_current, _set_current
+from singleton.token import _CURRENT, StopToken
 
 __all__ = ["LeaderOnlyFunction", "LeaderOnlyHandle", "leader_only"]
 
@@ -95,9 +95,10 @@ class LeaderOnlyHandle:
         self._elector = elector
         self._election: Election | None = None
         self._lock = threading.Lock()
-        #: How many calls did not run their body, and why the last one did not.
+        #: How many calls did not run their body (see last_skip_reason for why).
         self.skipped = 0
-        self.last_skip_reason: str | None = None
+        self._last_skipped: Election | None = None
+        self._shutdown_reason: str | None = None
         _runtime.on_fork(self, self._forget)
 
     def __repr__(self) -> str:
@@ -115,7 +116,7 @@ class LeaderOnlyHandle:
                 try:
                     elector = self._elector if self._elector is not None else _runtime.get_elector()
                 except SingletonError as exc:
-                    self.last_skip_reason = str(exc)
+                    self._shutdown_reason = str(exc)
                     return None
                 if elector.closed:
                     return None
@@ -172,15 +173,45 @@ class LeaderOnlyHandle:
     def campaign(self) -> None:
         self.start().campaign()
 
-    # -- call path helpers ------------------------------------------------------------------------
+    # -- the call path's slow side ------------------------------------------------------------------
+
+    def _token_or_none(self) -> StopToken | None:
+        """The valid token to run under, attaching first if needed; None (and counted) when not leading.
+
+        The wrappers call this only off their fast path: first call, after a shutdown, or not leading.
+        """
+        election = self._election
+        if election is None or election.elector.closed:
+            election = self._attach()
+            if election is None:
+                self.skipped += 1
+                self._last_skipped = None
+                return None
+        token = election._token
+        if token is not None and not token.stopped:
+            return token
+        self.skipped += 1
+        self._last_skipped = election
+        return None
+
+    @property
+    def last_skip_reason(self) -> str | None:
+        """Why the last call that did not run its body did not (worked out when asked, not per call)."""
+        if not self.skipped:
+            return None
+        return self._why_not(self._last_skipped)
 
     def _why_not(self, election: Election | None) -> str:
         if election is None:
-            return self.last_skip_reason or "singleton is shut down in this process"
+            return self._shutdown_reason or "singleton is shut down in this process"
         status = election.status()
         if status.role is Role.STARTING:
             return "the first acquisition attempt has not finished (startup_timeout)"
         return status.reason or (f"held by {status.holder}" if status.holder else "not leader")
+
+    def _not_leader(self) -> NotLeader:
+        election = self._election
+        return NotLeader(self.key, election.holder if election is not None else None, self.last_skip_reason)
 
 
 class LeaderOnlyFunction(Protocol[P, R_co]):
@@ -336,36 +367,35 @@ def _decorate(func: Any, options: _Options[Any]) -> Any:
     wants_token = _STOP_TOKEN in inspect.signature(func).parameters
     default = options.default
     raise_on_follower = options.on_follower == "raise"
-
-    def skip(election: Election | None) -> Any:
-        handle.skipped += 1
-        reason = handle._why_not(election)
-        handle.last_skip_reason = reason
-        if raise_on_follower:
-            raise NotLeader(key, election.holder if election is not None else None, reason)
-        return default
+    # The fast path below reads the election's current token and checks it inline (the same test as
+    # StopToken.stopped, without a Python call); anything else goes through handle._token_or_none().
 
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             election = handle._election
-            if election is None or election.elector._closed:
-                election = await asyncio.get_running_loop().run_in_executor(None, handle._attach)
-                if election is None:
-                    return skip(None)
-            token = election._token
-            if token is None or token.stopped:
-                return skip(election)
+            token = None if election is None else election._token
+            if token is None or token._stopped or token._clock() >= token._lease.deadline:  # type: ignore[union-attr]
+                if handle._election is None:  # first call: the attempt's wait must not block the loop
+                    await asyncio.get_running_loop().run_in_executor(None, handle._attach)
+                token = handle._token_or_none()
+                if token is None:
+                    if raise_on_follower:
+                        raise handle._not_leader()
+                    return default
+            election = handle._election
+            assert election is not None
             if wants_token:
                 kwargs[_STOP_TOKEN] = token
-            previous = _set_current(token)
-            election._enter_body()
+            previous = _CURRENT.set(token)
+            bodies = election._bodies
+            bodies.append(None)
             try:
                 return await func(*args, **kwargs)
             finally:
-                election._exit_body()
-                _reset_current(previous)
+                bodies.pop()
+                _CURRENT.reset(previous)
 
         async_wrapper.election = handle  # type: ignore[attr-defined]
         return async_wrapper
@@ -373,22 +403,25 @@ def _decorate(func: Any, options: _Options[Any]) -> Any:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         election = handle._election
-        if election is None or election.elector._closed:
-            election = handle._attach()
-            if election is None:
-                return skip(None)
-        token = election._token
-        if token is None or token.stopped:
-            return skip(election)
+        token = None if election is None else election._token
+        if token is None or token._stopped or token._clock() >= token._lease.deadline:  # type: ignore[union-attr]
+            token = handle._token_or_none()
+            if token is None:
+                if raise_on_follower:
+                    raise handle._not_leader()
+                return default
+            election = handle._election
+        assert election is not None
         if wants_token:
             kwargs[_STOP_TOKEN] = token
-        previous = _set_current(token)
-        election._enter_body()
+        previous = _CURRENT.set(token)
+        bodies = election._bodies
+        bodies.append(None)
         try:
             return func(*args, **kwargs)
         finally:
-            election._exit_body()
-            _reset_current(previous)
+            bodies.pop()
+            _CURRENT.reset(previous)
 
     wrapper.election = handle  # type: ignore[attr-defined]
     return wrapper

@@ -153,8 +153,9 @@ class Election:
         self._released_lock_delay: float | None = None
         self._reason: str | None = "not started"
         self._last_error: str | None = None
-        self._running = 0
-        self._running_lock = threading.Lock()
+        #: One item per leader-only body running now. list.append and list.pop are atomic, so the call
+        #: path counts bodies without a lock.
+        self._bodies: list[None] = []
         self._listeners: list[Callable[[Election], object]] = []
 
     def __repr__(self) -> str:
@@ -208,7 +209,7 @@ class Election:
     @property
     def running(self) -> int:
         """How many leader-only bodies of this key are running now."""
-        return self._running
+        return len(self._bodies)
 
     def status(self) -> ElectionStatus:
         token = self._token
@@ -274,15 +275,11 @@ class Election:
     # -- body accounting (the decorator) --------------------------------------------------------
 
     def _enter_body(self) -> None:
-        with self._running_lock:
-            self._running += 1
+        """Count a body as running: shutdown waits for it before it releases the key."""
+        self._bodies.append(None)
 
     def _exit_body(self) -> None:
-        with self._running_lock:
-            self._running -= 1
-        if self._running == 0 and self.elector._closing_campaign:
-            with self.elector._changed:
-                self.elector._changed.notify_all()
+        self._bodies.pop()
 
 
 _Message = tuple[Any, ...]
@@ -328,7 +325,6 @@ class Elector:
         self._groups: dict[LeaseSpec, _Group] = {}
         self._watchers: dict[str, _Watcher] = {}
         self._thread: threading.Thread | None = None
-        self._closing_campaign = False
         self._closed = False
         self._rlog = RateLimitedLogger(_log, clock=clock)
 
@@ -414,7 +410,6 @@ class Elector:
         if os.getpid() != self.pid:  # an inherited copy in a forked child: the parent owns the session
             self._stop.set()
             return
-        self._closing_campaign = True
         elections = self.elections
         for election in elections:
             election._active = False
@@ -423,7 +418,7 @@ class Elector:
                 election._emit()
         end = time.monotonic() + grace
         with self._changed:
-            while any(e._running for e in elections):
+            while any(e._bodies for e in elections):
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     break
@@ -446,12 +441,12 @@ class Elector:
             group = election._group
             if group is None or group.id is None or election._acquired_by != group.id:
                 continue
-            if election._running:
+            if election._bodies:
                 _log.warning(
                     "%r still has %d running bodies after the shutdown grace: not released; it frees "
                     "itself %gs after the session is destroyed (lock-delay)",
                     election.key,
-                    election._running,
+                    election.running,
                     group.spec.lock_delay,
                 )
                 continue
@@ -530,9 +525,15 @@ class Elector:
         election._next_attempt = self._clock()
         group.elections.append(election)
         if self._watch_mode == "thread" and not self._stop.is_set():
-            watcher = _Watcher(self, election)
-            self._watchers[election.full_key] = watcher
-            watcher.start()
+            prefix = self.settings.key_prefix
+            if prefix:  # one recursive blocking query for every key of the process
+                if prefix not in self._watchers:
+                    self._watchers[prefix] = _Watcher(self, None, prefix)
+                    self._watchers[prefix].start()
+            else:
+                watcher = _Watcher(self, election)
+                self._watchers[election.full_key] = watcher
+                watcher.start()
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -833,41 +834,85 @@ class Elector:
         return max(0.0, due - now)
 
 
-class _Watcher(threading.Thread):
-    """One blocking query loop on one key; posts each change to the election thread."""
+_MISSING = object()
 
-    def __init__(self, elector: Elector, election: Election) -> None:
-        super().__init__(name=f"singleton-watch[{election.full_key}]", daemon=True)
+
+class _Watcher(threading.Thread):
+    """Blocking queries that post each change of a key to the election thread.
+
+    With ``prefix`` None it watches one key. With a prefix it watches every key under it with one
+    recursive blocking query, and posts a change for each registered key whose entry changed: one
+    HTTP connection per process instead of one per key (Consul limits connections per client IP,
+    ``limits.http_max_conns_per_client``, 200 by default).
+    """
+
+    def __init__(self, elector: Elector, election: Election | None, prefix: str | None = None) -> None:
+        target = prefix if election is None else election.full_key
+        super().__init__(name=f"singleton-watch[{target}{'*' if election is None else ''}]", daemon=True)
         self.elector = elector
         self.election = election
+        self.prefix = prefix
+
+    def _elections(self) -> list[Election]:
+        if self.election is not None:
+            return [self.election]
+        return self.elector.elections
+
+    def _query(self, index: int) -> tuple[int, list[tuple[Election, int, KeyInfo | None]]]:
+        elector = self.elector
+        wait = elector.settings.watch_wait
+        if self.election is not None:
+            new_index, entry = elector.backend.watch(self.election.full_key, index, wait)
+            return new_index, [(self.election, new_index, entry)]
+        assert self.prefix is not None
+        new_index, entries = elector.backend.watch_prefix(self.prefix, index, wait)
+        by_key = {e.key: e for e in entries}
+        found = []
+        for election in self._elections():
+            entry = by_key.get(election.full_key)
+            found.append((election, entry.modify_index if entry is not None else new_index, entry))
+        return new_index, found
 
     def run(self) -> None:
-        elector, election = self.elector, self.election
+        elector = self.elector
         index = 0
         failures = 0
         quick = 0
+        seen: dict[str, object] = {}
         while not elector._stop.is_set():
             began = time.monotonic()
             try:
-                new_index, entry = elector.backend.watch(election.full_key, index, elector.settings.watch_wait)
+                new_index = self.poll(index, seen)
             except BackendError as exc:
                 if elector._stop.is_set():
                     break
                 failures += 1
-                elector._post(("watch_error", election, exc))
+                for election in self._elections():
+                    elector._post(("watch_error", election, exc))
                 elector._stop.wait(elector._backoff(failures, 0.5, 5.0))
                 continue
             except Exception:  # never let a bug kill the watch silently
-                _log.exception("unexpected error watching %r", election.full_key)
+                _log.exception("unexpected error in %s", self.name)
                 elector._stop.wait(1.0)
                 continue
             failures = 0
-            reset = new_index < index
-            if reset or new_index != index or index == 0:
-                elector._post(("watch", election, new_index, entry, reset))
-                quick = 0
-            elif time.monotonic() - began < 0.05:
+            if new_index == index and time.monotonic() - began < 0.05:
                 quick += 1  # answered at once with nothing new: do not spin
                 if quick >= 3:
                     elector._stop.wait(0.5)
-            index = 0 if reset else max(new_index, 1)
+            else:
+                quick = 0
+            index = 0 if new_index < index else max(new_index, 1)
+
+    def poll(self, index: int, seen: dict[str, object]) -> int:
+        """One blocking query: post what changed since ``seen`` (updated in place); return the new index."""
+        new_index, results = self._query(index)
+        reset = new_index < index
+        for election, key_index, entry in results:
+            # A missing key is "changed" whenever the index moved: it may have been created and
+            # deleted between two answers (a holder must hear of that deletion).
+            marker: object = entry.modify_index if entry is not None else ("missing", key_index)
+            if reset or seen.get(election.full_key, _MISSING) != marker:
+                seen[election.full_key] = marker
+                self.elector._post(("watch", election, key_index, entry, reset))
+        return new_index

@@ -71,6 +71,10 @@ class Partitionable(Backend):
         self._check()
         return self.inner.watch(key, index, wait)
 
+    def watch_prefix(self, prefix: str, index: int, wait: float) -> tuple[int, list[KeyInfo]]:
+        self._check()
+        return self.inner.watch_prefix(prefix, index, wait)
+
     def list_keys(self, prefix: str) -> list[KeyInfo]:
         self._check()
         return self.inner.list_keys(prefix)

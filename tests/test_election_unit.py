@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from singleton.backends.base import KeyInfo
 from singleton.backends.memory import MemoryBackend
-from singleton.election import Elector, Role
+from singleton.election import Elector, Role, _Watcher
 from singleton.errors import ConfigurationError
 
 from .helpers import FakeClock, Partitionable, memory_elector
@@ -427,3 +428,57 @@ def test_session_name_can_differ_from_the_identity(backend: MemoryBackend, clock
     _, entry = backend.read(KEY)
     assert entry is not None
     assert entry.holder == "host-a:1"
+
+
+class Scripted(Partitionable):
+    """Answers watches from a script, to put the watcher in the races a real agent allows."""
+
+    def __init__(self, inner: MemoryBackend, answers: list[tuple[int, object]]) -> None:
+        super().__init__(inner)
+        self.answers = answers
+
+    def watch(self, key: str, index: int, wait: float) -> tuple[int, KeyInfo | None]:
+        answer, entry = self.answers.pop(0)
+        return answer, entry  # type: ignore[return-value]
+
+
+def test_watcher_reports_a_key_created_and_deleted_between_two_answers(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    # The watcher saw the key missing at index 2; the holder acquired it (index 3) and an operator
+    # deleted it (index 4) before the next answer, which shows it missing again. It must still post.
+    scripted = Scripted(backend, [(2, None), (4, None)])
+    a = memory_elector(scripted, clock)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    watcher = _Watcher(a, election)
+    seen: dict[str, object] = {}
+    assert watcher.poll(0, seen) == 2
+    backend.delete(KEY)
+    assert watcher.poll(2, seen) == 4
+    a._watch_mode = "thread"  # consume only what the watcher posted, no inline reads
+    a.step()
+    assert token.stopped
+    assert token.reason == "the key was deleted"
+
+
+def test_with_a_key_prefix_one_blocking_query_watches_every_key() -> None:
+    backend = MemoryBackend()
+    a = memory_elector(backend, identity="prefix:1", inline=False, key_prefix="app")
+    try:
+        elections = [a.register(f"jobs/{i}") for i in range(20)]
+        for election in elections:
+            assert election.wait_for_leadership(5)
+        assert backend.calls["watch"] == 0
+        assert 1 <= backend.calls["watch_prefix"] <= 25  # one query, answered again on each change
+        token = elections[7].token
+        assert token is not None
+        backend.delete("app/jobs/7")
+        assert token.wait(5)
+        assert token.reason == "the key was deleted"
+        assert all(e.is_leader for e in elections[:7] + elections[8:])
+        assert elections[7].wait_for_leadership(5), "and it is taken again"
+    finally:
+        a.close(grace=0)

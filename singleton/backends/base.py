@@ -161,6 +161,16 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def watch_prefix(self, prefix: str, index: int, wait: float) -> tuple[int, list[KeyInfo]]:
+        """Every key under ``prefix``, blocking like :meth:`watch` until any of them changes.
+
+        The index is the highest of the prefix (a key deleted under it raises it too).
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not read the prefix
+        """
+
+    @abc.abstractmethod
     def list_keys(self, prefix: str) -> list[KeyInfo]:
         """Every key under ``prefix`` ('' for all), sorted by key.
 

@@ -201,6 +201,14 @@ class ConsulBackend(Backend):
             new_index, raw = self._client().kv.get(key, index=index or None, wait=f"{max(1, round(wait))}s")
         return int(new_index), _entry(raw)
 
+    def watch_prefix(self, prefix: str, index: int, wait: float) -> tuple[int, list[KeyInfo]]:
+        with self._errors(f"watching keys under {prefix!r}", rule=_key_rule(prefix, "read")):
+            new_index, raws = self._client().kv.get(
+                prefix, recurse=True, index=index or None, wait=f"{max(1, round(wait))}s"
+            )
+        entries = [e for e in (_entry(raw) for raw in raws or []) if e is not None]
+        return int(new_index), entries
+
     def list_keys(self, prefix: str) -> list[KeyInfo]:
         with self._errors(f"listing keys under {prefix!r}", rule=_key_rule(prefix, "read")):
             _, raws = self._client().kv.get(prefix, recurse=True)

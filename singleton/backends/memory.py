@@ -179,6 +179,27 @@ class MemoryBackend(Backend):
                 raise BackendUnavailable("memory backend is down (watch)")
             return self._key_index(key), self._keys.get(key)
 
+    def _prefix_index(self, prefix: str) -> int:
+        indexes = [e.modify_index for k, e in self._keys.items() if k.startswith(prefix)]
+        indexes += [i for k, i in self._tombstones.items() if k.startswith(prefix)]
+        return max(indexes, default=1)
+
+    def watch_prefix(self, prefix: str, index: int, wait: float) -> tuple[int, list[KeyInfo]]:
+        """Blocks on a real-time condition (changes wake it at once); ``wait`` is in real seconds."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            self._enter("watch_prefix")
+            while index and self._prefix_index(prefix) <= index and not self.down:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+                self._expire(self.clock())
+            if self.down:
+                raise BackendUnavailable("memory backend is down (watch_prefix)")
+            entries = sorted((e for k, e in self._keys.items() if k.startswith(prefix)), key=lambda e: e.key)
+            return self._prefix_index(prefix), entries
+
     def list_keys(self, prefix: str) -> list[KeyInfo]:
         with self._cond:
             self._enter("list")
