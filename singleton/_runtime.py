@@ -144,6 +144,10 @@ def _after_fork_in_child() -> None:
                 token._fire_in_forked_child("this process is a fork of the leader; leadership stays with the parent")
             election._token = None
         elector._closed = True
+        try:
+            elector.backend.after_fork_in_child()
+        except Exception:
+            _log.exception("the backend's after-fork clean-up failed")
     for owner in list(_fork_callbacks):
         try:
             owner._singleton_fork_callback()

@@ -25,7 +25,8 @@ class Event:
 class Fleet:
     """N copies of the worker application, sharing one event log."""
 
-    def __init__(self, tmp: Path, addr: str, key: str, size: int = 3, extra: Sequence[str] = ()) -> None:
+    def __init__(self, tmp: Path, addr: str | None, key: str, size: int = 3, extra: Sequence[str] = ()) -> None:
+        """``addr`` is the Consul agent's host:port; None when ``extra`` names another ``--backend``."""
         self.log = tmp / "events.log"
         self.log.touch()
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -36,7 +37,16 @@ class Fleet:
             with open(out, "wb") as sink:
                 self.procs.append(
                     subprocess.Popen(
-                        [sys.executable, str(WORKER), "--addr", addr, "--key", key, "--log", str(self.log), *extra],
+                        [
+                            sys.executable,
+                            str(WORKER),
+                            *(["--addr", addr] if addr else []),
+                            "--key",
+                            key,
+                            "--log",
+                            str(self.log),
+                            *extra,
+                        ],
                         stdout=sink,
                         stderr=subprocess.STDOUT,
                     )

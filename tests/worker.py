@@ -26,7 +26,8 @@ from singleton import StopToken, leader_only
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--addr", required=True)
+    parser.add_argument("--addr", help="the Consul agent (host:port)")
+    parser.add_argument("--backend", help="another backend, e.g. file:///dir")
     parser.add_argument("--key", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--ttl", type=float, default=10)
@@ -36,7 +37,10 @@ def main() -> int:
     parser.add_argument("--job-seconds", type=float, default=0.0)
     args = parser.parse_args()
 
-    singleton.configure(address=args.addr, ttl=args.ttl, lock_delay=args.lock_delay, timeout=2)
+    if args.backend:
+        singleton.configure(backend=args.backend, ttl=args.ttl, lock_delay=args.lock_delay)
+    else:
+        singleton.configure(address=args.addr, ttl=args.ttl, lock_delay=args.lock_delay, timeout=2)
     fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def log(event: str) -> None:

@@ -16,9 +16,9 @@ def create_backend(settings: Settings) -> Backend:
 
         return MemoryBackend()
     if scheme == "file":
-        from singleton.backends.file import FileBackend  # type: ignore[import-not-found]
+        from singleton.backends.file import FileBackend
 
-        return FileBackend.from_url(settings.backend)  # type: ignore[no-any-return]
+        return FileBackend.from_url(settings.backend)
     from singleton.backends.consul import ConsulBackend
 
     return ConsulBackend(settings.consul)

@@ -180,3 +180,7 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release network resources. The backend is not used afterwards."""
+
+    def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook
+        """Called in a forked child on the parent's backend, which the child never uses again:
+        drop whatever would keep the parent's locks alive (the file backend closes its lock files)."""

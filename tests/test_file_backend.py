@@ -1,0 +1,101 @@
+"""@leader_only on one host without Consul: the file backend, with real processes and real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import singleton
+from singleton import leader_only
+from singleton.backends.file import FileBackend
+
+from .fleet import Event, Fleet, assert_no_overlap
+
+
+@pytest.fixture
+def fleets() -> Iterator[list[Fleet]]:
+    started: list[Fleet] = []
+    yield started
+    for fleet in started:
+        fleet.stop()
+
+
+def file_fleet(tmp_path: Path, fleets: list[Fleet], *extra: str) -> Fleet:
+    backend = f"file://{tmp_path / 'locks'}"
+    fleet = Fleet(tmp_path, None, "jobs/file", extra=["--backend", backend, "--interval", "0.05", *extra])
+    fleets.append(fleet)
+    return fleet
+
+
+def test_exactly_one_process_of_the_host_runs_the_body(tmp_path: Path, fleets: list[Fleet]) -> None:
+    fleet = file_fleet(tmp_path, fleets)
+    fleet.wait_for(lambda: len(fleet.events("ready")) == 3, 30, "three workers")
+    fleet.wait_for(lambda: len(fleet.events("end")) >= 30, 30, "30 runs")
+    assert len(fleet.leaders()) == 1, fleet.report()
+    assert_no_overlap(fleet.events())
+    (state,) = (tmp_path / "locks").glob("*.json")
+    holder = json.loads(state.read_text())["value"]
+    assert holder.endswith(f":{fleet.events('start')[0].pid}"), "operators read hostname:pid in the lock's file"
+
+
+def test_crash_of_the_holder_is_taken_over_without_waiting_for_a_ttl(tmp_path: Path, fleets: list[Fleet]) -> None:
+    fleet = file_fleet(tmp_path, fleets)
+    fleet.wait_for(lambda: len(fleet.events("end")) >= 5, 30, "a leader")
+    (leader,) = fleet.leaders()
+    killed_at = time.time()
+    fleet.signal(leader, signal.SIGKILL)
+    took = fleet.wait_for(lambda: bool(fleet.leaders(killed_at) - {leader}), 10, "a new leader")
+    assert took < 5, f"a dead process's flock is gone at once; takeover took {took:.2f}s"
+    events = [e for e in fleet.events() if not (e.pid == leader and e.at > killed_at)]
+    events.append(Event(killed_at, leader, "end", "killed"))
+    assert_no_overlap(events)
+
+
+def test_graceful_stop_hands_over(tmp_path: Path, fleets: list[Fleet]) -> None:
+    fleet = file_fleet(tmp_path, fleets)
+    fleet.wait_for(lambda: len(fleet.events("end")) >= 5, 30, "a leader")
+    (leader,) = fleet.leaders()
+    stopped_at = time.time()
+    fleet.signal(leader, signal.SIGTERM)
+    took = fleet.wait_for(lambda: bool(fleet.leaders(stopped_at) - {leader}), 10, "a new leader")
+    assert took < 5
+    assert fleet.proc(leader).wait(10) == 0
+    assert_no_overlap(fleet.events())
+
+
+def test_forked_child_neither_leads_nor_keeps_the_lock(tmp_path: Path) -> None:
+    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10, lock_delay=1)
+    try:
+
+        @leader_only(key="jobs/forked", default="skipped")
+        def job() -> str:
+            return "ran"
+
+        assert job() == "ran"
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(write_end, json.dumps({"call": job(), "holder": job.election.holder}).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            result = json.loads(pipe.read() or "{}")
+        os.waitpid(pid, 0)
+        assert result["call"] == "skipped"
+        assert result["holder"].endswith(f":{os.getpid()}")
+        assert job() == "ran"
+    finally:
+        singleton.shutdown()
+    # Released at shutdown: anyone may take it now.
+    other = FileBackend(tmp_path / "locks")
+    session = other.create_session(name="after", ttl=10, lock_delay=0)
+    assert other.acquire("jobs/forked", session, b"after:1").acquired
+    other.close()
