@@ -1,0 +1,1 @@
+"""An app with management commands that record what they do in an event log."""
