@@ -23,7 +23,8 @@ from singleton.errors import (
     SessionInvalidated,
     SingletonError,
 )
-from singleton.token import StopToken, current_token
+from singleton.goapi import LeadershipOutcome, maybe_acquire_leadership
+from singleton.token import StopCause, StopToken, current_token
 
 __all__ = [
     "AccessDenied",
@@ -37,12 +38,14 @@ __all__ = [
     "LeaderOnlyFunction",
     "LeaderOnlyHandle",
     "LeadershipLost",
+    "LeadershipOutcome",
     "LeaseSpec",
     "NotLeader",
     "Role",
     "SessionInvalidated",
     "Settings",
     "SingletonError",
+    "StopCause",
     "StopToken",
     "__version__",
     "configure",
@@ -50,5 +53,6 @@ __all__ = [
     "get_elector",
     "get_settings",
     "leader_only",
+    "maybe_acquire_leadership",
     "shutdown",
 ]

@@ -57,8 +57,15 @@ from typing import Any, Literal
 from singleton._log import RateLimitedLogger
 from singleton.backends import Backend, KeyInfo, create_backend
 from singleton.config import LeaseSpec, Settings
-from singleton.errors import AccessDenied, BackendError, ConfigurationError, SessionInvalidated, SingletonError
-from singleton.token import Lease, StopToken
+from singleton.errors import (
+    AccessDenied,
+    BackendError,
+    BackendUnavailable,
+    ConfigurationError,
+    SessionInvalidated,
+    SingletonError,
+)
+from singleton.token import Lease, StopCause, StopToken
 
 __all__ = ["Election", "ElectionStatus", "Elector", "Role"]
 
@@ -98,9 +105,14 @@ class ElectionStatus:
     lease_remaining: float | None
     #: Why this process is not leading (or why it stopped), in words.
     reason: str | None
+    #: The last error seen, in words (kept after a success: a history for operators).
     last_error: str | None
     ttl: float
     lock_delay: float
+    #: The error of the latest session or acquisition attempt; None once one succeeded.
+    error: BackendError | None = None
+    #: The key is free but inside the lock-delay its last holder left: nobody may take it yet.
+    in_lock_delay: bool = False
 
     @property
     def is_leader(self) -> bool:
@@ -153,6 +165,7 @@ class Election:
         self._released_lock_delay: float | None = None
         self._reason: str | None = "not started"
         self._last_error: str | None = None
+        self._error: BackendError | None = None
         #: One item per leader-only body running now. list.append and list.pop are atomic, so the call
         #: path counts bodies without a lock.
         self._bodies: list[None] = []
@@ -229,6 +242,8 @@ class Election:
             last_error=self._last_error,
             ttl=self.spec.ttl,
             lock_delay=self.spec.lock_delay,
+            error=None if leading else self._error,
+            in_lock_delay=not leading and self._delay_until > self.elector._clock(),
         )
 
     # -- waiting --------------------------------------------------------------------------------
@@ -259,7 +274,7 @@ class Election:
         self._active = False
         token = self._token
         if token is not None:
-            token.fire("resigned")
+            token.fire("resigned", StopCause.RESIGNED)
         done = threading.Event()
         self.elector._post(("resign", self, done))
         if self.elector._thread is None:
@@ -414,7 +429,7 @@ class Elector:
         for election in elections:
             election._active = False
             token = election._token
-            if token is not None and token.fire("shutting down"):
+            if token is not None and token.fire("shutting down", StopCause.SHUTDOWN):
                 election._emit()
         end = time.monotonic() + grace
         with self._changed:
@@ -436,11 +451,19 @@ class Elector:
             self._changed.notify_all()
 
     def _release_all(self, elections: list[Election]) -> None:
+        """Release each key this process holds, then destroy the sessions.
+
+        Once a call finds the backend unreachable the rest are skipped, so a down Consul delays the
+        shutdown by one request timeout, not one per key: the sessions then expire on their own.
+        """
         value = self.identity.encode()
+        unreachable: BackendError | None = None
         for election in elections:
             group = election._group
             if group is None or group.id is None or election._acquired_by != group.id:
                 continue
+            election._token = None
+            election._reason = "shut down"
             if election._bodies:
                 _log.warning(
                     "%r still has %d running bodies after the shutdown grace: not released; it frees "
@@ -450,20 +473,31 @@ class Elector:
                     group.spec.lock_delay,
                 )
                 continue
+            if unreachable is not None:
+                continue
             try:
                 self.backend.release(election.full_key, group.id, value)
+            except BackendUnavailable as exc:
+                unreachable = exc
             except BackendError as exc:
                 _log.warning("could not release %r at shutdown: %s", election.key, exc)
-            election._token = None
-            election._reason = "shut down"
         for group in list(self._groups.values()):
             if group.id is None:
                 continue
-            try:
-                self.backend.destroy_session(group.id)
-            except BackendError as exc:
-                _log.warning("could not destroy session %s at shutdown: %s", group.id, exc)
+            if unreachable is None:
+                try:
+                    self.backend.destroy_session(group.id)
+                except BackendUnavailable as exc:
+                    unreachable = exc
+                except BackendError as exc:
+                    _log.warning("could not destroy session %s at shutdown: %s", group.id, exc)
             group.id = None
+        if unreachable is not None:
+            _log.warning(
+                "could not release the keys at shutdown (%s); Consul frees them when the session expires "
+                "(after its TTL, then the lock-delay)",
+                unreachable,
+            )
 
     # -- the election thread --------------------------------------------------------------------
 
@@ -552,6 +586,7 @@ class Elector:
                 group.elections,
                 f"no renewal reached Consul within the {group.spec.lease:g}s lease (ttl {group.spec.ttl:g}s "
                 f"minus margin {group.spec.margin:g}s)",
+                StopCause.LEASE_EXPIRED,
             )
         if now >= group.next_renew:
             self._renew(group)
@@ -574,6 +609,8 @@ class Elector:
             self._rlog.reset("session")
         group.failures = 0
         group.id = session_id
+        for election in group.elections:
+            election._error = None
         group.lease = Lease(sent + group.spec.lease)
         group.next_renew = sent + group.spec.renew_interval
         for election in group.elections:
@@ -605,6 +642,7 @@ class Elector:
             )
             for election in group.elections:
                 election._last_error = f"renewing the session: {exc}"
+                election._error = exc
             return
         now = self._clock()
         if group.renew_failures:
@@ -612,9 +650,13 @@ class Elector:
             self._rlog.reset("renew")
         group.renew_failures = 0
         group.next_renew = sent + group.spec.renew_interval
+        for election in group.elections:
+            election._error = None
         if now >= group.lease.deadline:
             # The lease ran out before this renewal was answered: the old terms are over for good.
-            self._end_terms(group.elections, "the local lease ran out before a renewal was answered")
+            self._end_terms(
+                group.elections, "the local lease ran out before a renewal was answered", StopCause.LEASE_EXPIRED
+            )
             group.lease = Lease(sent + group.spec.lease)
             for election in group.elections:
                 if election._active and election._next_attempt is None:
@@ -623,7 +665,7 @@ class Elector:
             group.lease.deadline = sent + group.spec.lease
 
     def _session_lost(self, group: _Group, reason: str) -> None:
-        self._end_terms(group.elections, reason)
+        self._end_terms(group.elections, reason, StopCause.SESSION_GONE)
         _log.warning("%s; creating a new session", reason)
         now = self._clock()
         group.id = None
@@ -669,6 +711,7 @@ class Elector:
             return
         now = self._clock()
         election._failures = 0
+        election._error = None
         entry = result.entry
         if result.acquired and entry is not None:
             if not group.valid(now):  # the lease ran out during the call: prove the session first
@@ -750,12 +793,13 @@ class Elector:
             if session is not None and session == ours:
                 return
             if entry is None:
-                reason = "the key was deleted"
+                reason, cause = "the key was deleted", StopCause.KEY_DELETED
             elif session is None:
                 reason = "the key was released by Consul (session invalidated or released by an operator)"
+                cause = StopCause.KEY_RELEASED
             else:
-                reason = f"the key is now held by {entry.holder} (session {session})"
-            self._end_term(election, reason)
+                reason, cause = f"the key is now held by {entry.holder} (session {session})", StopCause.KEY_TAKEN
+            self._end_term(election, reason, cause)
             election._next_attempt = now
             return
         if election._active and (session is None or session == ours):
@@ -765,7 +809,7 @@ class Elector:
                 election._next_attempt = now
 
     def _on_resign(self, election: Election) -> None:
-        self._end_term(election, "resigned")
+        self._end_term(election, "resigned", StopCause.RESIGNED)
         election._reason = "resigned"
         election._next_attempt = None
         group = election._group
@@ -776,15 +820,15 @@ class Elector:
         except BackendError as exc:
             self._note_error(election, exc, "release the key")
 
-    def _end_terms(self, elections: Iterable[Election], reason: str) -> None:
+    def _end_terms(self, elections: Iterable[Election], reason: str, cause: StopCause) -> None:
         for election in list(elections):
-            self._end_term(election, reason)
+            self._end_term(election, reason, cause)
 
-    def _end_term(self, election: Election, reason: str) -> None:
+    def _end_term(self, election: Election, reason: str, cause: StopCause) -> None:
         token = election._token
         if token is None:
             return
-        token.fire(reason)  # first: a caller holding this token must see it stopped
+        token.fire(reason, cause)  # first: a caller holding this token must see it stopped
         election._token = None
         election._reason = reason
         level = logging.INFO if reason in ("resigned", "shutting down") else logging.WARNING
@@ -792,8 +836,10 @@ class Elector:
         self._notify()
         election._emit()
 
-    def _note_error(self, election: Election, exc: BaseException, doing: str, set_reason: bool = True) -> None:
+    def _note_error(self, election: Election, exc: BackendError, doing: str, set_reason: bool = True) -> None:
         election._last_error = f"{doing}: {exc}"
+        if set_reason:
+            election._error = exc
         if set_reason and not election._token:
             election._reason = f"could not {doing}: {exc}"
         level = logging.ERROR if isinstance(exc, AccessDenied) else logging.WARNING

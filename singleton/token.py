@@ -21,16 +21,18 @@ parameter) and is always reachable as :func:`current_token`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from singleton.errors import LeadershipLost
 
-__all__ = ["Lease", "StopToken", "current_token"]
+__all__ = ["Lease", "StopCause", "StopToken", "current_token"]
 
 _log = logging.getLogger("singleton.token")
 
@@ -46,6 +48,32 @@ def current_token() -> StopToken:
         return _CURRENT.get()
     except LookupError:
         raise LookupError("current_token() was called outside a leader-only call") from None
+
+
+class StopCause(str, enum.Enum):
+    """Why a token fired, for code that must act on it (the command line's kill deadline, for one).
+
+    What each tells about when another process could take the key:
+    """
+
+    #: No renewal reached Consul within the local lease: Consul cannot expire the session before
+    #: ``margin`` seconds later, and the key then stays locked for ``lock_delay`` more.
+    LEASE_EXPIRED = "lease_expired"
+    #: The key's Session was cleared by Consul (the session was invalidated, or an operator released
+    #: the key): after an invalidation nobody may take it for ``lock_delay`` from about now.
+    KEY_RELEASED = "key_released"
+    #: A renewal or an acquisition found the session gone; when it went is unknown.
+    SESSION_GONE = "session_gone"
+    #: The key was deleted: anyone may hold it already.
+    KEY_DELETED = "key_deleted"
+    #: Another session holds the key already.
+    KEY_TAKEN = "key_taken"
+    #: This process resigned the key.
+    RESIGNED = "resigned"
+    #: This process is shutting down (the key is released after running bodies end).
+    SHUTDOWN = "shutdown"
+    #: A forked child's copy of its parent's token.
+    FORKED = "forked"
 
 
 class Lease:
@@ -72,7 +100,19 @@ class StopToken:
     fence lower than one it has already seen.
     """
 
-    __slots__ = ("_callbacks", "_clock", "_event", "_lease", "_lock", "_reason", "_stopped", "fence", "key", "since")
+    __slots__ = (
+        "_callbacks",
+        "_cause",
+        "_clock",
+        "_event",
+        "_lease",
+        "_lock",
+        "_reason",
+        "_stopped",
+        "fence",
+        "key",
+        "since",
+    )
 
     def __init__(
         self,
@@ -92,6 +132,7 @@ class StopToken:
         self._lock = threading.Lock()
         self._stopped = False
         self._reason: str | None = None
+        self._cause: StopCause | None = None
         self._callbacks: list[Callable[[StopToken], object]] = []
 
     def __repr__(self) -> str:
@@ -107,7 +148,7 @@ class StopToken:
             return True
         lease = self._lease
         if lease is not None and self._clock() >= lease.deadline:
-            self.fire("the local lease ran out: no renewal reached Consul in time")
+            self.fire("the local lease ran out: no renewal reached Consul in time", StopCause.LEASE_EXPIRED)
             return True
         return False
 
@@ -116,6 +157,18 @@ class StopToken:
         """Why the token fired, or None while it has not."""
         self.stopped  # noqa: B018 - a read applies the lease
         return self._reason
+
+    @property
+    def cause(self) -> StopCause | None:
+        """Why the token fired, as a :class:`StopCause`, or None while it has not."""
+        self.stopped  # noqa: B018 - a read applies the lease
+        return self._cause
+
+    @property
+    def lease_deadline(self) -> float | None:
+        """When the local lease ends if no renewal lands, on the elector's monotonic clock (None without one)."""
+        lease = self._lease
+        return None if lease is None else lease.deadline
 
     def remaining(self) -> float | None:
         """Seconds until the local lease ends if no renewal lands (0 once stopped; None without a lease)."""
@@ -201,12 +254,13 @@ class StopToken:
             except ValueError:
                 pass
 
-    def fire(self, reason: str) -> bool:
+    def fire(self, reason: str, cause: StopCause | None = None) -> bool:
         """Fire the token (the election engine does this). Returns False if it had already fired."""
         with self._lock:
             if self._stopped:
                 return False
             self._reason = reason
+            self._cause = cause
             self._stopped = True
             callbacks, self._callbacks = self._callbacks, []
         self._event.set()
@@ -220,6 +274,7 @@ class StopToken:
         self._event = threading.Event()
         self._event.set()
         self._reason = reason
+        self._cause = StopCause.FORKED
         self._stopped = True
         self._callbacks = []
 
@@ -228,6 +283,15 @@ class StopToken:
             callback(self)
         except Exception:
             _log.exception("stop-token callback %r failed", callback)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[StopToken]:
+        """Make this the :func:`current_token` of the code inside the ``with`` (integrations use it)."""
+        previous = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(previous)
 
 
 def _set_current(token: StopToken) -> contextvars.Token[StopToken]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from singleton.backends.base import KeyInfo
 from singleton.backends.memory import MemoryBackend
 from singleton.election import Elector, Role, _Watcher
-from singleton.errors import ConfigurationError
+from singleton.errors import BackendUnavailable, ConfigurationError
+from singleton.token import StopCause
 
 from .helpers import FakeClock, Partitionable, memory_elector
 
@@ -482,3 +485,80 @@ def test_with_a_key_prefix_one_blocking_query_watches_every_key() -> None:
         assert elections[7].wait_for_leadership(5), "and it is taken again"
     finally:
         a.close(grace=0)
+
+
+def test_each_loss_tells_its_cause(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, _, link = two_nodes(backend, clock, lock_delay=1)
+    election = a.register(KEY)
+    a.step()
+    causes: list[StopCause | None] = []
+
+    def lose(action: Callable[[], None], heal: Callable[[], None] = lambda: None) -> None:
+        token = election.token
+        assert token is not None
+        action()
+        for _ in range(200):
+            if token.stopped:
+                break
+            clock.advance(0.1)
+            a.step()
+        causes.append(token.cause)
+        heal()
+        for _ in range(100):  # and lead again
+            if election.is_leader:
+                return
+            clock.advance(0.1)
+            a.step()
+
+    lose(lambda: backend.delete(KEY))
+    lose(lambda: backend.invalidate_session(election.status().session or ""))
+    lose(lambda: setattr(link, "partitioned", True), heal=lambda: setattr(link, "partitioned", False))
+    lose(election.resign)
+    assert causes == [StopCause.KEY_DELETED, StopCause.KEY_RELEASED, StopCause.LEASE_EXPIRED, StopCause.RESIGNED]
+
+
+def test_status_tells_the_current_error_and_the_lock_delay(backend: MemoryBackend, clock: FakeClock) -> None:
+    backend.set_down(True)
+    a = memory_elector(backend, clock, lock_delay=5)
+    election = a.register(KEY)
+    a.step()
+    status = election.status()
+    assert isinstance(status.error, BackendUnavailable)
+    assert not status.in_lock_delay
+    backend.set_down(False)
+    clock.advance(5)
+    a.step()
+    status = election.status()
+    assert status.is_leader
+    assert status.error is None
+    assert status.last_error is not None, "the history stays"
+    backend.invalidate_session(status.session or "")
+    a.step()  # the loss is seen; the old session is found gone
+    a.step()  # a new session; the key is inside the old one's lock-delay
+    status = election.status()
+    assert not status.is_leader
+    assert status.error is None
+    assert status.in_lock_delay
+    clock.advance(5.1)
+    a.step()
+    assert not election.status().in_lock_delay
+
+
+def test_close_gives_up_the_network_after_the_first_unreachable_call(backend: MemoryBackend, clock: FakeClock) -> None:
+    a, _, link = two_nodes(backend, clock)
+    for i in range(10):
+        a.register(f"jobs/{i}")
+    a.step()
+    link.partitioned = True
+    before = sum(backend.calls.values())
+    link_calls: list[str] = []
+    original = link._check
+
+    def counting_check() -> None:
+        link_calls.append("call")
+        original()
+
+    link._check = counting_check  # type: ignore[method-assign]
+    a.close(grace=0)
+    assert len(link_calls) == 1, "one release found the backend down; nothing more was tried"
+    assert sum(backend.calls.values()) == before

@@ -16,12 +16,14 @@ EXPECTED = {
     "LeaderOnlyFunction",
     "LeaderOnlyHandle",
     "LeadershipLost",
+    "LeadershipOutcome",
     "LeaseSpec",
     "NotLeader",
     "Role",
     "SessionInvalidated",
     "Settings",
     "SingletonError",
+    "StopCause",
     "StopToken",
     "__version__",
     "configure",
@@ -29,6 +31,7 @@ EXPECTED = {
     "get_elector",
     "get_settings",
     "leader_only",
+    "maybe_acquire_leadership",
     "shutdown",
 }
 

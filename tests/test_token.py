@@ -9,7 +9,7 @@ import time
 import pytest
 
 from singleton.errors import LeadershipLost
-from singleton.token import Lease, StopToken, current_token
+from singleton.token import Lease, StopCause, StopToken, current_token
 
 from .helpers import FakeClock
 
@@ -109,3 +109,23 @@ def test_async_wait_does_not_leak_callbacks() -> None:
 def test_current_token_outside_a_leader_only_call() -> None:
     with pytest.raises(LookupError, match="outside a leader-only call"):
         current_token()
+
+
+def test_activate_makes_the_token_current_inside_the_with() -> None:
+    token = StopToken("k")
+    with token.activate() as active:
+        assert current_token() is token is active
+    with pytest.raises(LookupError):
+        current_token()
+
+
+def test_cause_is_recorded_with_the_reason() -> None:
+    clock = FakeClock()
+    token = StopToken("k", lease=Lease(clock.now + 1), clock=clock)
+    assert token.cause is None
+    assert token.lease_deadline == clock.now + 1
+    clock.advance(1)
+    assert token.cause is StopCause.LEASE_EXPIRED
+    other = StopToken("k")
+    other.fire("deleted", StopCause.KEY_DELETED)
+    assert other.cause is StopCause.KEY_DELETED

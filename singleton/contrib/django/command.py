@@ -90,7 +90,7 @@ from singleton.contrib.django import conf
 from singleton.election import Election, Elector
 from singleton.errors import ConfigurationError, LeadershipLost
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_UNAVAILABLE, EXIT_USAGE
-from singleton.token import StopToken, _reset_current, _set_current
+from singleton.token import StopToken
 
 __all__ = ["LeaderOnlyCommand", "LeaderPlan", "run_exclusively"]
 
@@ -173,11 +173,8 @@ def run_exclusively(
     if plan.no_leader:
         if verbosity >= 2:
             stderr.write(f"{label}: running without the lock (--no-leader)")
-        previous = _set_current(StopToken(plan.key))
-        try:
+        with StopToken(plan.key).activate():
             return body()
-        finally:
-            _reset_current(previous)
     full_key = plan.settings.full_key(plan.key)
     elector = Elector(plan.settings, name=f"singleton-django[{plan.key}]")
     quiet = _quiet_engine_logs()
@@ -244,9 +241,8 @@ def _acquire(election: Election, plan: LeaderPlan, *, label: str, stderr: Any, v
             limit = deadline - now
         elif status.holder is not None:
             return _NotRun(status.holder, status.reason or f"held by {status.holder}")
-        elif status.last_error is not None:
-            reason = status.reason or ""
-            return _NotRun(None, reason if status.last_error in reason else f"could not {status.last_error}")
+        elif status.error is not None:
+            return _NotRun(None, status.reason or str(status.error))
         else:
             # Free, but inside the lock-delay of a holder that died: it ends within LOCK_DELAY_MAX,
             # then one of the processes waiting gets the key.
@@ -270,18 +266,16 @@ def _run_body(
 ) -> T:
     if verbosity >= 2:
         stderr.write(f"{label}: holding the lock {full_key!r} (fence {token.fence})")
-    previous = _set_current(token)
     election._enter_body()
     try:
-        try:
+        with token.activate():
             result = body()
-        except LeadershipLost as exc:
-            if not token.stopped:  # some other token (a nested @leader_only call): not ours to judge
-                raise
-            raise _lost(token, full_key, label) from exc
+    except LeadershipLost as exc:
+        if not token.stopped:  # some other token (a nested @leader_only call): not ours to judge
+            raise
+        raise _lost(token, full_key, label) from exc
     finally:
         election._exit_body()
-        _reset_current(previous)
     if token.stopped:
         raise _lost(token, full_key, label)
     return result

@@ -1,0 +1,311 @@
+"""maybe_acquire_leadership, the Go package's entry point, against a real Consul agent.
+
+With py-consul (this environment) in process, and with python-consul2 in a virtual environment of its
+own (the two install the same top-level module ``consul``), built under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import consul
+import pytest
+
+from singleton import Elector, LeaseSpec, Settings
+from singleton.errors import ConfigurationError
+from singleton.goapi import LeadershipOutcome, maybe_acquire_leadership
+from singleton.testing import ConsulAgent
+
+ROOT = Path(__file__).resolve().parent.parent
+TTL = 10
+IDENTITY = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def client_for(agent: ConsulAgent) -> Any:
+    return consul.Consul(host="127.0.0.1", port=agent.http_port)
+
+
+def holding_elector(agent: ConsulAgent, key: str) -> Elector:
+    elector = Elector(Settings(consul=agent.settings(), lease=LeaseSpec(ttl=TTL, lock_delay=1), identity="web-1:4242"))
+    assert elector.register(key).wait_for_leadership(10)
+    return elector
+
+
+class DoneAtOnce:
+    """Reads who holds the key from inside the job, then says it is done."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self.client = client
+        self.key = key
+        self.seen: dict[str, Any] = {}
+
+    def do_job(self, stop_event: threading.Event, done_event: threading.Event) -> None:
+        _, entry = self.client.kv.get(self.key)
+        _, session = self.client.session.info(entry["Session"])
+        self.seen = {"value": entry["Value"].decode(), "session_name": session["Name"], "stopped": stop_event.is_set()}
+        done_event.set()
+
+
+def _bad(**change: Any) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "client": consul.Consul(host="127.0.0.1", port=1),
+        "leader_key": "service/leader",
+        "leadership_check_interval": 5,
+        "session_ttl": 15,
+        "session_name": "svc",
+        "exit_on_lock_found": False,
+        "job": lambda stop, done: None,
+    }
+    return {**arguments, **change}
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"session_ttl": 5}, "session_ttl must be between 10 and 86400"),
+        ({"session_ttl": 86401}, "session_ttl must be between 10 and 86400"),
+        ({"session_ttl": "soon"}, "session_ttl must be a number"),
+        ({"leadership_check_interval": 0}, "leadership_check_interval must be between 1 and 600"),
+        ({"leader_key": ""}, "leader_key must be a non-empty"),
+        ({"leader_key": "a key"}, "leader_key must not contain whitespace"),
+        ({"leader_key": 7}, "leader_key must be a string"),
+        ({"session_name": 3}, "session_name must be a string"),
+        ({"exit_on_lock_found": "yes"}, "exit_on_lock_found must be True or False"),
+        ({"job": object()}, "job must have a do_job(stop_event, done_event) method"),
+        ({"client": object()}, "client must be a consul.Consul client"),
+        ({"lock_delay": 61}, "lock_delay must be between 0 and 60"),
+        ({"grace": -1}, "grace must be between 0 and 3600"),
+    ],
+)
+def test_every_argument_is_validated_before_any_io(change: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        maybe_acquire_leadership(**_bad(**change))
+    assert words in str(info.value)
+
+
+@pytest.mark.consul
+def test_the_job_runs_while_holding_the_key_and_done_releases_it(consul_agent: ConsulAgent, key_prefix: str) -> None:
+    client = client_for(consul_agent)
+    key = key_prefix + "leader"
+    job = DoneAtOnce(client, key)
+    outcome = maybe_acquire_leadership(client, "/" + key, 5, TTL, "report-job", False, job)  # Go drops the '/'
+    assert outcome is LeadershipOutcome.DONE
+    assert job.seen == {"value": IDENTITY, "session_name": "report-job", "stopped": False}
+    _, entry = client.kv.get(key)
+    assert entry.get("Session") is None, "released when done"
+    _, sessions = client.session.list()
+    assert not [s for s in sessions if s["Name"] == "report-job"], "and the session destroyed"
+
+
+@pytest.mark.consul
+def test_exit_on_lock_found_returns_at_once_without_running_the_job(consul_agent: ConsulAgent, key_prefix: str) -> None:
+    key = key_prefix + "leader"
+    elector = holding_elector(consul_agent, key)
+    ran: list[bool] = []
+    try:
+        began = time.monotonic()
+        outcome = maybe_acquire_leadership(
+            client_for(consul_agent), key, 5, TTL, "svc", True, lambda stop, done: ran.append(True)
+        )
+        assert outcome is LeadershipOutcome.LOCK_FOUND
+        assert time.monotonic() - began < 10
+        assert not ran
+        assert elector.elections[0].is_leader, "the holder keeps the key"
+    finally:
+        elector.close(grace=0)
+
+
+@pytest.mark.consul
+def test_without_exit_on_lock_found_it_waits_for_the_holder(consul_agent: ConsulAgent, key_prefix: str) -> None:
+    client = client_for(consul_agent)
+    key = key_prefix + "leader"
+    elector = holding_elector(consul_agent, key)
+    release = threading.Timer(1.0, elector.close, kwargs={"grace": 0})
+    release.start()
+    try:
+        began = time.monotonic()
+        job = DoneAtOnce(client, key)
+        assert maybe_acquire_leadership(client, key, 5, TTL, "svc", False, job) is LeadershipOutcome.DONE
+        assert time.monotonic() - began >= 0.9, "not before the holder let go"
+        assert job.seen["value"] == IDENTITY
+    finally:
+        release.join()
+
+
+@pytest.mark.consul
+def test_lost_leadership_sets_stop_event_and_returns_lost(consul_agent: ConsulAgent, key_prefix: str) -> None:
+    client = client_for(consul_agent)
+    key = key_prefix + "leader"
+    seen: dict[str, Any] = {}
+
+    def job(stop_event: threading.Event, done_event: threading.Event) -> None:
+        request = urllib.request.Request(f"{consul_agent.url}/v1/kv/{key}", method="DELETE")
+        urllib.request.urlopen(request, timeout=5).close()  # an operator deletes the key
+        seen["stopped"] = stop_event.wait(10)
+
+    began = time.monotonic()
+    assert maybe_acquire_leadership(client, key, 5, TTL, "svc", False, job) is LeadershipOutcome.LOST
+    assert seen == {"stopped": True}
+    assert time.monotonic() - began < 10
+
+
+@pytest.mark.consul
+def test_a_job_that_returns_without_done_keeps_the_lock_as_in_go(
+    consul_agent: ConsulAgent, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = key_prefix + "leader"
+    held: list[bool] = []
+
+    def operator() -> None:  # a second after the job returned, look at the key, then delete it
+        time.sleep(1.0)
+        _, entry = client_for(consul_agent).kv.get(key)
+        held.append(entry.get("Session") is not None)
+        request = urllib.request.Request(f"{consul_agent.url}/v1/kv/{key}", method="DELETE")
+        urllib.request.urlopen(request, timeout=5).close()
+
+    def job(stop_event: threading.Event, done_event: threading.Event) -> None:
+        threading.Thread(target=operator).start()
+
+    outcome = maybe_acquire_leadership(client_for(consul_agent), key, 5, TTL, "svc", False, job)
+    assert outcome is LeadershipOutcome.LOST
+    assert held == [True], "work handed to another thread stays protected by the lock"
+    assert "without setting done_event" in caplog.text
+
+
+@pytest.mark.consul
+def test_an_exception_in_the_job_propagates_after_the_release(consul_agent: ConsulAgent, key_prefix: str) -> None:
+    client = client_for(consul_agent)
+    key = key_prefix + "leader"
+
+    def job(stop_event: threading.Event, done_event: threading.Event) -> None:
+        raise RuntimeError("the job failed")
+
+    with pytest.raises(RuntimeError, match="the job failed"):
+        maybe_acquire_leadership(client, key, 5, TTL, "svc", False, job)
+    _, entry = client.kv.get(key)
+    assert entry.get("Session") is None
+
+
+# -- python-consul2 -----------------------------------------------------------------------------------
+
+_SCRIPT = r"""
+import importlib.metadata, json, sys, threading
+import consul
+from singleton.goapi import maybe_acquire_leadership
+
+address, key = sys.argv[1], sys.argv[2]
+host, port = address.rsplit(":", 1)
+client = consul.Consul(host=host, port=int(port))
+result = {"client": "python-consul2 " + importlib.metadata.version("python-consul2")}
+
+class Job:
+    def do_job(self, stop_event, done_event):
+        _, entry = client.kv.get(key)
+        result["value"] = entry["Value"].decode()
+        result["session_name"] = client.session.info(entry["Session"])[1]["Name"]
+        # Outlive a renewal (every ttl/3): renewals go through this client too.
+        result["stopped_early"] = stop_event.wait(4)
+        done_event.set()
+
+result["done"] = maybe_acquire_leadership(client, key, 5, 10, "pc2-job", False, Job()).value
+_, entry = client.kv.get(key)
+result["released"] = entry.get("Session") is None
+
+other = client.session.create(name="other", ttl=10, lock_delay=0)
+client.kv.put(key, "other:1", acquire=other)
+result["lock_found"] = maybe_acquire_leadership(client, key, 5, 10, "pc2-job", True, Job()).value
+client.session.destroy(other)
+
+def loser(stop_event, done_event):
+    client.kv.delete(key)
+    result["stop_seen"] = stop_event.wait(10)
+
+result["lost"] = maybe_acquire_leadership(client, key, 5, 10, "pc2-job", False, loser).value
+print(json.dumps(result))
+"""
+
+_OFFLINE = (
+    "No matching distribution found",
+    "Could not find a version that satisfies",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Max retries exceeded",
+    "ConnectionError",
+)
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _pip(python: Path, *args: str) -> None:
+    """pip (this environment's) installing into ``python``'s environment; skips when no index answers."""
+    command = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "install"]
+    try:
+        result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        output, failed = "pip did not finish within 240 s", True
+    else:
+        output, failed = result.stdout + result.stderr, result.returncode != 0
+    if not failed:
+        return
+    if any(sign in output for sign in _OFFLINE) or "did not finish" in output:
+        message = f"pip cannot reach a package index to install python-consul2: {output.strip()[-500:]}"
+        if _under_ci():
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+    pytest.fail(f"pip install {' '.join(args)} failed:\n{output[-3000:]}", pytrace=False)
+
+
+def _copy_project(target: Path) -> Path:
+    """The files a build needs, copied: building in the working tree would write into it."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "singleton", target / "singleton", ignore=ignore)
+    for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, target / name)
+    return target
+
+
+@pytest.mark.consul
+@pytest.mark.slow
+def test_a_python_consul2_client_works_too(consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    _pip(python, "python-consul2", "requests", "setuptools>=61", "wheel")
+    _pip(python, "--no-deps", "--no-build-isolation", str(_copy_project(tmp_path / "src")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "SINGLETON_", "PYTHON"))}
+    result = subprocess.run(
+        [str(python), "-c", _SCRIPT, consul_agent.address, key_prefix + "leader"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["client"].startswith("python-consul2 ")
+    hostname = socket.gethostname()
+    assert report["value"].startswith(f"{hostname}:"), report
+    assert report == {
+        **report,
+        "session_name": "pc2-job",
+        "stopped_early": False,
+        "done": "done",
+        "released": True,
+        "lock_found": "lock_found",
+        "lost": "lost",
+        "stop_seen": True,
+    }
