@@ -288,8 +288,9 @@ class Settings:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     #: On shutdown, how long running bodies get to finish after their stop token fired.
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
-    #: ``hostname:pid`` by default: the value written to every held key (and the session name).
-    identity: str = field(default_factory=holder_identity)
+    #: The value written to every held key (and the session's name). None means ``hostname:pid``,
+    #: worked out when an elector starts, so a process forked after configure() names itself.
+    identity: str | None = None
     #: The Consul session's name; None means the identity.
     session_name: str | None = None
 
@@ -309,7 +310,7 @@ class Settings:
         )
         object.__setattr__(self, "startup_timeout", check_range("startup_timeout", self.startup_timeout, 0.0, 600.0))
         object.__setattr__(self, "shutdown_grace", check_range("shutdown_grace", self.shutdown_grace, 0.0, 3600.0))
-        if not self.identity or len(self.identity) > 512:
+        if self.identity is not None and not 0 < len(self.identity) <= 512:
             raise ConfigurationError(f"identity must be 1 to 512 characters, got {self.identity!r}")
 
     def full_key(self, key: str) -> str:

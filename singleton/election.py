@@ -43,6 +43,7 @@ after its lock-delay.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
 import math
@@ -50,18 +51,19 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from singleton._log import RateLimitedLogger
 from singleton.backends import Backend, KeyInfo, create_backend
-from singleton.config import LeaseSpec, Settings
+from singleton.config import LeaseSpec, Settings, holder_identity
 from singleton.errors import (
     AccessDenied,
     BackendError,
     BackendUnavailable,
     ConfigurationError,
+    LeadershipLost,
     SessionInvalidated,
     SingletonError,
 )
@@ -287,14 +289,28 @@ class Election:
         self.elector._post(("campaign", self))
         self.elector.start()
 
-    # -- body accounting (the decorator) --------------------------------------------------------
+    # -- bodies ---------------------------------------------------------------------------------
 
-    def _enter_body(self) -> None:
-        """Count a body as running: shutdown waits for it before it releases the key."""
+    @contextlib.contextmanager
+    def body(self, token: StopToken | None = None) -> Iterator[StopToken]:
+        """Run a block as a leader-only body of this key: integrations (schedulers, commands) use it.
+
+        Inside, ``token`` (default: the current term's) is :func:`~singleton.token.current_token`, and
+        the block counts as running, so shutdown waits for it before releasing the key.
+
+        :raises LeadershipLost: the token has fired already (or, without one, this process does not lead).
+        """
+        if token is None:
+            token = self.token
+            if token is None:
+                raise LeadershipLost(self.key, self._reason or "this process does not hold the key")
+        token.raise_if_stopped()
         self._bodies.append(None)
-
-    def _exit_body(self) -> None:
-        self._bodies.pop()
+        try:
+            with token.activate():
+                yield token
+        finally:
+            self._bodies.pop()
 
 
 _Message = tuple[Any, ...]
@@ -323,7 +339,7 @@ class Elector:
             raise ConfigurationError(f"watch must be 'thread' or 'inline', got {watch!r}")
         self.settings = settings if settings is not None else Settings.from_env()
         self.backend = backend if backend is not None else create_backend(self.settings)
-        self.identity = self.settings.identity
+        self.identity = self.settings.identity or holder_identity()
         self.session_name = self.settings.session_name or self.identity
         self.pid = os.getpid()
         self.name = name

@@ -292,11 +292,3 @@ class StopToken:
             yield self
         finally:
             _CURRENT.reset(previous)
-
-
-def _set_current(token: StopToken) -> contextvars.Token[StopToken]:
-    return _CURRENT.set(token)
-
-
-def _reset_current(previous: contextvars.Token[StopToken]) -> None:
-    _CURRENT.reset(previous)

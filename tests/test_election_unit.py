@@ -513,7 +513,7 @@ def test_each_loss_tells_its_cause(backend: MemoryBackend, clock: FakeClock) -> 
     lose(lambda: backend.delete(KEY))
     lose(lambda: backend.invalidate_session(election.status().session or ""))
     lose(lambda: setattr(link, "partitioned", True), heal=lambda: setattr(link, "partitioned", False))
-    lose(election.resign)
+    lose(lambda: None if election.resign() else None)
     assert causes == [StopCause.KEY_DELETED, StopCause.KEY_RELEASED, StopCause.LEASE_EXPIRED, StopCause.RESIGNED]
 
 

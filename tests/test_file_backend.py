@@ -82,7 +82,8 @@ def test_forked_child_neither_leads_nor_keeps_the_lock(tmp_path: Path) -> None:
         pid = os.fork()
         if pid == 0:
             try:
-                os.write(write_end, json.dumps({"call": job(), "holder": job.election.holder}).encode())
+                result = {"call": job(), "holder": job.election.holder, "me": singleton.get_elector().identity}
+                os.write(write_end, json.dumps(result).encode())
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -91,6 +92,7 @@ def test_forked_child_neither_leads_nor_keeps_the_lock(tmp_path: Path) -> None:
         os.waitpid(pid, 0)
         assert result["call"] == "skipped"
         assert result["holder"].endswith(f":{os.getpid()}")
+        assert result["me"].endswith(f":{pid}"), "configured before the fork, the child still names itself"
         assert job() == "ran"
     finally:
         singleton.shutdown()

@@ -188,7 +188,7 @@ def run_exclusively(
                     f"{_one_line(outcome.reason)}",
                     returncode=EXIT_UNAVAILABLE,
                 )
-            mine = " (another elector of this very process)" if outcome.holder == plan.settings.identity else ""
+            mine = " (another elector of this very process)" if outcome.holder == elector.identity else ""
             message = f"{label}: not run here: the lock {full_key!r} is held by {outcome.holder}{mine}"
             if plan.fail_if_held:
                 raise CommandError(message, returncode=EXIT_HELD_ELSEWHERE)
@@ -266,16 +266,13 @@ def _run_body(
 ) -> T:
     if verbosity >= 2:
         stderr.write(f"{label}: holding the lock {full_key!r} (fence {token.fence})")
-    election._enter_body()
     try:
-        with token.activate():
+        with election.body(token):
             result = body()
     except LeadershipLost as exc:
         if not token.stopped:  # some other token (a nested @leader_only call): not ours to judge
             raise
         raise _lost(token, full_key, label) from exc
-    finally:
-        election._exit_body()
     if token.stopped:
         raise _lost(token, full_key, label)
     return result
