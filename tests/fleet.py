@@ -21,12 +21,28 @@ class Event:
     kind: str
     detail: str
 
+    @property
+    def fields(self) -> list[str]:
+        return self.detail.split(" ")
+
 
 class Fleet:
-    """N copies of the worker application, sharing one event log."""
+    """N copies of a worker application (``worker``, tests/worker.py by default), sharing one event log.
 
-    def __init__(self, tmp: Path, addr: str | None, key: str, size: int = 3, extra: Sequence[str] = ()) -> None:
+    Each line of the log is ``<wall time> <pid> <kind> <detail...>``.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        addr: str | None,
+        key: str,
+        size: int = 3,
+        extra: Sequence[str] = (),
+        worker: Path = WORKER,
+    ) -> None:
         """``addr`` is the Consul agent's host:port; None when ``extra`` names another ``--backend``."""
+        tmp.mkdir(parents=True, exist_ok=True)
         self.log = tmp / "events.log"
         self.log.touch()
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -39,7 +55,7 @@ class Fleet:
                     subprocess.Popen(
                         [
                             sys.executable,
-                            str(WORKER),
+                            str(worker),
                             *(["--addr", addr] if addr else []),
                             "--key",
                             key,
@@ -76,8 +92,15 @@ class Fleet:
     def proc(self, pid: int) -> subprocess.Popen[bytes]:
         return next(p for p in self.procs if p.pid == pid)
 
-    def signal(self, pid: int, signum: int) -> None:
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def signal(self, pid: int, signum: int) -> float:
+        """Send ``signum``; returns the wall-clock time it was sent."""
+        at = time.time()
         os.kill(pid, signum)
+        return at
 
     def report(self) -> str:
         parts = [f"--- events\n{self.log.read_text()[-3000:]}"]

@@ -493,7 +493,7 @@ def test_each_loss_tells_its_cause(backend: MemoryBackend, clock: FakeClock) -> 
     a.step()
     causes: list[StopCause | None] = []
 
-    def lose(action: Callable[[], None], heal: Callable[[], None] = lambda: None) -> None:
+    def lose(action: Callable[[], object], heal: Callable[[], object] = lambda: None) -> None:
         token = election.token
         assert token is not None
         action()
@@ -513,7 +513,7 @@ def test_each_loss_tells_its_cause(backend: MemoryBackend, clock: FakeClock) -> 
     lose(lambda: backend.delete(KEY))
     lose(lambda: backend.invalidate_session(election.status().session or ""))
     lose(lambda: setattr(link, "partitioned", True), heal=lambda: setattr(link, "partitioned", False))
-    lose(lambda: None if election.resign() else None)
+    lose(election.resign)
     assert causes == [StopCause.KEY_DELETED, StopCause.KEY_RELEASED, StopCause.LEASE_EXPIRED, StopCause.RESIGNED]
 
 

@@ -164,20 +164,24 @@ class MemoryBackend(Backend):
             self._enter("read")
             return self._key_index(key), self._keys.get(key)
 
+    def _block(self, method: str, index: int, wait: float, current: Callable[[], int]) -> int:
+        """With the condition held: wait (real seconds) until ``current()`` passes ``index``; return it."""
+        deadline = time.monotonic() + wait
+        self._enter(method)
+        while index and current() <= index and not self.down:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+            self._expire(self.clock())
+        if self.down:
+            raise BackendUnavailable(f"memory backend is down ({method})")
+        return current()
+
     def watch(self, key: str, index: int, wait: float) -> tuple[int, KeyInfo | None]:
         """Blocks on a real-time condition (changes wake it at once); ``wait`` is in real seconds."""
-        deadline = time.monotonic() + wait
         with self._cond:
-            self._enter("watch")
-            while index and self._key_index(key) <= index and not self.down:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-                self._expire(self.clock())
-            if self.down:
-                raise BackendUnavailable("memory backend is down (watch)")
-            return self._key_index(key), self._keys.get(key)
+            return self._block("watch", index, wait, lambda: self._key_index(key)), self._keys.get(key)
 
     def _prefix_index(self, prefix: str) -> int:
         indexes = [e.modify_index for k, e in self._keys.items() if k.startswith(prefix)]
@@ -186,19 +190,9 @@ class MemoryBackend(Backend):
 
     def watch_prefix(self, prefix: str, index: int, wait: float) -> tuple[int, list[KeyInfo]]:
         """Blocks on a real-time condition (changes wake it at once); ``wait`` is in real seconds."""
-        deadline = time.monotonic() + wait
         with self._cond:
-            self._enter("watch_prefix")
-            while index and self._prefix_index(prefix) <= index and not self.down:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-                self._expire(self.clock())
-            if self.down:
-                raise BackendUnavailable("memory backend is down (watch_prefix)")
-            entries = sorted((e for k, e in self._keys.items() if k.startswith(prefix)), key=lambda e: e.key)
-            return self._prefix_index(prefix), entries
+            new_index = self._block("watch_prefix", index, wait, lambda: self._prefix_index(prefix))
+            return new_index, sorted((e for k, e in self._keys.items() if k.startswith(prefix)), key=lambda e: e.key)
 
     def list_keys(self, prefix: str) -> list[KeyInfo]:
         with self._cond:
