@@ -44,8 +44,12 @@ tox: $(STAMP)
 	@$(WITH_CONSUL) if command -v pyenv >/dev/null; then export PYENV_VERSION=$$(pyenv versions --bare | tr '\n' ':'); fi; \
 	$(BIN)/tox $(TOX_ARGS)
 
+# Every benchmark on the venv's Python; the call overhead also on Python 3.13 when pyenv has it.
 bench: $(STAMP)
-	@$(WITH_CONSUL) for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@$(WITH_CONSUL) for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done; \
+	if command -v pyenv >/dev/null; then export PYENV_VERSION=$$(pyenv versions --bare | tr '\n' ':'); fi; \
+	if python3.13 -V >/dev/null 2>&1; then echo "== bench/bench_call_overhead.py on Python 3.13"; \
+	python3.13 bench/bench_call_overhead.py; fi
 
 clean:
 	rm -rf $(VENV) .tox .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
