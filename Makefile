@@ -39,15 +39,16 @@ type: $(STAMP)
 
 check: lint type test
 
-# Every supported Python (3.10 to 3.13), plus lint and type; pyenv's versions are made visible to tox.
+# Every supported Python (3.10 to 3.13), plus lint and type; pyenv's versions are put on PATH for tox.
 tox: $(STAMP)
-	@$(WITH_CONSUL) if command -v pyenv >/dev/null; then export PYENV_VERSION=$$(pyenv versions --bare | tr '\n' ':'); fi; \
+	@$(WITH_CONSUL) if command -v pyenv >/dev/null; then \
+	  for v in $$(pyenv versions --bare); do PATH="$$(pyenv root)/versions/$$v/bin:$$PATH"; done; export PATH; fi; \
 	$(BIN)/tox $(TOX_ARGS)
 
 # Every benchmark on the venv's Python; the call overhead also on Python 3.13 when pyenv has it.
 bench: $(STAMP)
 	@$(WITH_CONSUL) for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done; \
-	if command -v pyenv >/dev/null; then export PYENV_VERSION=$$(pyenv versions --bare | tr '\n' ':'); fi; \
+	if command -v pyenv >/dev/null; then PATH="$$(pyenv root)/versions/$$(pyenv versions --bare | grep '^3\.13' | tail -1)/bin:$$PATH"; fi; \
 	if python3.13 -V >/dev/null 2>&1; then echo "== bench/bench_call_overhead.py on Python 3.13"; \
 	python3.13 bench/bench_call_overhead.py; fi
 
