@@ -1,0 +1,125 @@
+"""``singleton status``: who holds each key (``hostname:pid``), since when, the session, the fence."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from typing import Any, TextIO
+
+from singleton.backends import KeyInfo, SessionInfo, create_backend
+from singleton.cli._common import EXIT_FREE, settings_from, unavailable
+from singleton.errors import AccessDenied, BackendError
+from singleton.exitcodes import EXIT_OK
+
+__all__ = ["cmd_status"]
+
+_EPOCH_MS_MIN = 946_684_800_000  # 2000-01-01: flags below this are not an acquisition time
+
+# -- singleton status -------------------------------------------------------------------------------
+
+
+def _since(flags: int) -> float | None:
+    """The acquisition time this library writes in the key's flags, when they hold one."""
+    now_ms = time.time() * 1000
+    if _EPOCH_MS_MIN <= flags <= now_ms + 86_400_000:
+        return flags / 1000
+    return None
+
+
+def _iso(epoch: float) -> str:
+    text = datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc).isoformat(timespec="seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _describe(key: str, full_key: str, entry: KeyInfo | None, info: SessionInfo | None) -> dict[str, Any]:
+    held = entry is not None and entry.session is not None
+    since = _since(entry.flags) if entry is not None and held else None
+    return {
+        "key": key,
+        "full_key": full_key,
+        "exists": entry is not None,
+        "held": held,
+        "holder": entry.holder if entry is not None and held else None,
+        "last_holder": entry.holder if entry is not None and not held else None,
+        "since": _iso(since) if since is not None else None,
+        "since_epoch": since,
+        "session": entry.session if entry is not None else None,
+        "session_name": info.name if info is not None else None,
+        "node": info.node if info is not None else None,
+        "ttl": info.ttl if info is not None else None,
+        "lock_delay": info.lock_delay if info is not None else None,
+        "fence": entry.modify_index if entry is not None and held else None,
+        "lock_index": entry.lock_index if entry is not None else None,
+    }
+
+
+def _line(item: dict[str, Any]) -> str:
+    if not item["held"]:
+        if not item["exists"]:
+            return f"{item['key']}: free (no such key)"
+        last = f" (last held by {item['last_holder']})" if item["last_holder"] else ""
+        return f"{item['key']}: free{last}"
+    parts = [f"{item['key']}: held by {item['holder'] or '?'}"]
+    if item["since_epoch"] is not None:
+        parts.append(f"for {_age(time.time() - item['since_epoch'])} (since {item['since']})")
+    session = f"session {item['session']}"
+    if item["session_name"] and item["session_name"] != item["holder"]:
+        session += f" {item['session_name']!r}"
+    if item["ttl"] is not None:
+        session += f" (ttl {item['ttl']:g}s, lock-delay {item['lock_delay']:g}s)"
+    parts.append(session)
+    parts.append(f"fence {item['fence']}")
+    return parts[0] + " " + ", ".join(parts[1:])
+
+
+def cmd_status(args: argparse.Namespace, stdout: TextIO) -> int:
+    """``singleton status``: 0 when every key named is held, 1 when one is free."""
+    settings = settings_from(args)
+    wanted = [(key, settings.full_key(key)) for key in args.keys]
+    backend = create_backend(settings)
+    items: list[dict[str, Any]] = []
+    try:
+        if wanted:
+            found = [(key, full_key, backend.read(full_key)[1]) for key, full_key in wanted]
+        else:
+            prefix = settings.key_prefix
+            found = [(e.key[len(prefix) :], e.key, e) for e in backend.list_keys(prefix) if e.session is not None]
+        for key, full_key, entry in found:
+            info = None
+            if entry is not None and entry.session is not None:
+                try:
+                    info = backend.session_info(entry.session)
+                except AccessDenied:  # the holder is still known from the key; the session's details are extra
+                    info = None
+            items.append(_describe(key, full_key, entry, info))
+    except BackendError as exc:
+        raise unavailable(exc) from None
+    finally:
+        backend.close()
+    if args.json:
+        print(json.dumps(items, indent=2), file=stdout)
+    elif not items:
+        print(f"no key is held under {settings.key_prefix or 'the root'!r}", file=stdout)
+    else:
+        for item in items:
+            print(_line(item), file=stdout)
+    held = [item for item in items if item["held"]]
+    if wanted:
+        return EXIT_OK if len(held) == len(items) else EXIT_FREE
+    return EXIT_OK if held else EXIT_FREE
