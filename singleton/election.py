@@ -453,15 +453,15 @@ class Elector:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     break
-                self._changed.wait(min(remaining, 0.1))
+                self._changed.wait(min(remaining, 0.005))  # bodies end without notifying: poll briefly
         self._stop.set()
         self._wakeup.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.settings.consul.timeout + 1.0)
         self._release_all(elections)
-        for watcher in list(self._watchers.values()):
-            watcher.join(0.05)
+        # Watch threads are daemons blocked in a query for up to watch_wait: they see _stop and end when
+        # it returns. Waiting for them would only delay the exit.
         self.backend.close()
         with self._changed:
             self._changed.notify_all()
