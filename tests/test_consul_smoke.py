@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 from singleton.backends.consul import ConsulBackend
 from singleton.config import ConsulSettings
 
@@ -46,4 +49,16 @@ def test_session_lock_round_trip(consul_settings: ConsulSettings, key_prefix: st
     _, after = backend.read(key)
     assert after is not None
     assert after.session is None
+    backend.close()
+
+
+def test_sessions_carry_no_health_check_that_could_end_them_before_their_ttl(consul_settings: ConsulSettings) -> None:
+    backend = ConsulBackend(consul_settings)
+    session = backend.create_session(name="ttl-only", ttl=10, lock_delay=15)
+    with urllib.request.urlopen(f"{consul_settings.address}/v1/session/info/{session}", timeout=5) as response:
+        (info,) = json.loads(response.read())
+    assert info["NodeChecks"] == []
+    assert not info.get("ServiceChecks")
+    assert (info["TTL"], info["Behavior"], info["LockDelay"]) == ("10s", "release", 15_000_000_000)
+    backend.destroy_session(session)
     backend.close()

@@ -9,6 +9,9 @@ requests' exceptions: each is translated into :mod:`singleton.errors` here, chai
 * Calls that are not blocking queries time out after ``ConsulSettings.timeout``. A blocking query's
   HTTP timeout is that plus its wait plus wait/16, the most Consul may add as jitter (py-consul >= 1.8
   computes it so).
+* Sessions are created with no health checks (not even the node's ``serfHealth``): only their TTL, or
+  an explicit destroy, invalidates them, so Consul's TTL contract (never before the TTL) is what the
+  holder's lease is measured against.
 * The ACL token is passed explicitly to the client and never logged. py-consul lets
   ``CONSUL_HTTP_TOKEN`` override an explicit token; the settings already resolved arguments against
   the environment, so the resolved token is put back on the client after it is built.
@@ -152,8 +155,10 @@ class ConsulBackend(Backend):
 
     def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
         with self._errors("creating a session", rule=_SESSION_RULE):
+            # No health checks: with the node's serfHealth a session could be invalidated before its
+            # TTL (a node seen as failed), and the holder's lease would no longer end first.
             session_id = self._client().session.create(
-                name=name, ttl=round(ttl), lock_delay=round(lock_delay), behavior="release"
+                name=name, ttl=round(ttl), lock_delay=round(lock_delay), behavior="release", checks=[]
             )
         return str(session_id)
 
