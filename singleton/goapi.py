@@ -90,7 +90,7 @@ from typing import Any, Protocol, cast
 
 from singleton.config import DEFAULT_LOCK_DELAY, LeaseSpec, Settings, check_range, holder_identity, validate_key
 from singleton.election import Election, Elector
-from singleton.errors import ConfigurationError
+from singleton.errors import ConfigurationError, LeadershipLost
 from singleton.token import StopToken
 
 __all__ = ["DoJob", "LeadershipOutcome", "maybe_acquire_leadership"]
@@ -212,20 +212,24 @@ def maybe_acquire_leadership(
     returned = threading.Event()
     thread: threading.Thread | None = None
 
-    def body() -> None:
-        try:
-            run_job(stop_event, done_event)
-        except BaseException as exc:  # handed to the caller's thread, re-raised there
-            failure.append(exc)
-        finally:
-            returned.set()
-            wake.set()
-
     try:
         election = elector.register(key)
         token = _campaign(election, exit_on_lock_found)
         if token is None:
             return LeadershipOutcome.LOCK_FOUND
+
+        def body() -> None:
+            try:
+                with election.body(token):  # current_token() in the job; shutdown waits for it
+                    run_job(stop_event, done_event)
+            except LeadershipLost as exc:  # lost before it started, or the job stopped on the token: LOST
+                if not token.stopped:
+                    failure.append(exc)
+            except BaseException as exc:  # handed to the caller's thread, re-raised there
+                failure.append(exc)
+            finally:
+                returned.set()
+                wake.set()
 
         def on_stop(_token: StopToken) -> None:
             stop_event.set()
