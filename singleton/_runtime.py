@@ -7,9 +7,9 @@
   does), so jobs running in pool threads see their stop token fire instead of blocking the exit.
 * After :func:`shutdown`, leader-only calls do not run their body (they return their default) until
   :func:`configure` is called again: a process on its way out never starts campaigning anew.
-* Fork: the child fires the stop tokens it inherited (without running their callbacks, which belong to
-  the parent's threads), forgets the parent's elector without a network call (the parent still holds the
-  session), and starts its own on first use.
+* Fork: the child forgets the parent's elector (``singleton.election`` disowns every elector of the
+  parent: inherited tokens fire, nothing is released, the parent still holds the session) and starts
+  its own on first use.
 """
 
 from __future__ import annotations
@@ -134,20 +134,10 @@ def on_fork(owner: Any, callback: Callable[[], None]) -> None:
 
 
 def _after_fork_in_child() -> None:
+    # Every elector of the parent, this one included, is disowned by singleton.election's own hook.
     global _lock, _elector
     _lock = threading.RLock()
-    elector, _elector = _elector, None
-    if elector is not None:
-        for election in list(elector._elections.values()):
-            token = election._token
-            if token is not None:
-                token._fire_in_forked_child("this process is a fork of the leader; leadership stays with the parent")
-            election._token = None
-        elector._closed = True
-        try:
-            elector.backend.after_fork_in_child()
-        except Exception:
-            _log.exception("the backend's after-fork clean-up failed")
+    _elector = None
     for owner in list(_fork_callbacks):
         try:
             owner._singleton_fork_callback()

@@ -36,8 +36,9 @@ Release first: a destroy alone would start the lock-delay, a release lets a foll
 A key whose body is still running after the grace is not released; the session's destruction frees it
 after its lock-delay.
 
-*Fork.* An Elector belongs to the process that created it; a child never uses it (see
-``singleton._runtime``: the child fires the inherited tokens and starts its own elector on first use).
+*Fork.* An Elector belongs to the process that created it. In a forked child every elector of the
+parent is disowned: its tokens fire, it refuses all use, and nothing is released (the parent still
+holds the keys). The process-wide one is replaced by a new elector on first use (``singleton._runtime``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -358,6 +360,7 @@ class Elector:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._rlog = RateLimitedLogger(_log, clock=clock)
+        _live.add(self)
 
     def __repr__(self) -> str:
         return f"<Elector {self.identity} {self.backend.description} keys={len(self._elections)}>"
@@ -465,6 +468,23 @@ class Elector:
         self.backend.close()
         with self._changed:
             self._changed.notify_all()
+
+    def _disown_after_fork(self) -> None:
+        """In a forked child: this elector belongs to the parent. Fire its tokens (without locks or
+        callbacks, which belong to the parent's threads), make it refuse all use, and let the backend
+        drop what would keep the parent's locks alive. No network call: the parent still holds the keys."""
+        self._lock = threading.Lock()
+        self._closed = True
+        for election in list(self._elections.values()):
+            token = election._token
+            if token is not None:
+                token._fire_in_forked_child("this process is a fork of the leader; leadership stays with the parent")
+            election._token = None
+            election._active = False
+        try:
+            self.backend.after_fork_in_child()
+        except Exception:
+            _log.exception("the backend's after-fork clean-up failed")
 
     def _release_all(self, elections: list[Election]) -> None:
         """Release each key this process holds, then destroy the sessions.
@@ -897,6 +917,19 @@ class Elector:
 
 
 _MISSING = object()
+
+#: Every elector of this process, so that a forked child can disown them all.
+_live: weakref.WeakSet[Elector] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for elector in list(_live):
+        if elector.pid != os.getpid():
+            elector._disown_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Watcher(threading.Thread):

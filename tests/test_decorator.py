@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import os
 import pickle
 import threading
 import time
@@ -286,3 +288,28 @@ def test_close_does_not_release_a_key_whose_body_outlives_the_grace(backend: Mem
     assert "lock-delay" in (e.status().reason or "")
     release.set()
     worker.join(5)
+
+
+def test_a_forked_child_never_leads_through_an_inherited_elector(leader: Elector) -> None:
+    @leader_only(key="jobs/fork", elector=leader, default="not here")
+    def job() -> str:
+        return "ran"
+
+    assert job() == "ran"
+    token = job.election.token
+    assert token is not None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the elector it inherited belongs to the parent
+        try:
+            result = {"call": job(), "stopped": token.stopped, "cause": token.cause and token.cause.value, "closed": leader.closed}
+            os.write(write_end, json.dumps(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result = json.loads(pipe.read() or "{}")
+    os.waitpid(pid, 0)
+    assert result == {"call": "not here", "stopped": True, "cause": "forked", "closed": True}
+    assert not token.stopped, "the parent keeps its term"
+    assert job() == "ran"
