@@ -895,3 +895,41 @@ def test_three_processes_with_a_shared_sqlite_store_run_each_time_once_and_catch
     assert all(at < scenario.crash_lead for at in missing)
     late = [r for r in fleet.runs("every") if r.pid == scenario.third and r.scheduled < scenario.crash_lead]
     assert len(late) >= len(gap) - 1, report
+
+
+def test_on_one_host_the_file_backend_runs_each_job_in_one_scheduler(tmp_path: Path) -> None:
+    """Two schedulers (two electors, as two worker processes would have) sharing a lock directory."""
+    backend = f"file://{tmp_path / 'locks'}"
+    runs: list[str] = []
+    schedulers: list[Any] = []
+    electors: list[Elector] = []
+    try:
+        for name in ("a", "b"):
+            worker = Elector(Settings(backend=backend, identity=f"{name}:1"), name=f"singleton-{name}")
+            electors.append(worker)
+            scheduler = BackgroundScheduler(timezone=timezone.utc)
+            scheduler.add_jobstore(LeaderOnlyJobStore(MemoryJobStore(), key="jobs", elector=worker), "default")
+            scheduler.add_job(
+                runs.append, "interval", seconds=0.2, args=[name], id="tick", start_date=EPOCH, coalesce=True
+            )
+            scheduler.start()
+            schedulers.append(scheduler)
+        deadline = time.monotonic() + 10
+        while len(runs) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(runs) >= 8
+        assert len(set(runs)) == 1, f"one scheduler ran the job: {Counter(runs)}"
+        leader = runs[0]
+        index = 0 if leader == "a" else 1
+        schedulers[index].shutdown(wait=True)  # resigns: the other takes over at once
+        before = len(runs)
+        deadline = time.monotonic() + 10
+        while not runs[before:] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(runs[before:]) == {"b" if leader == "a" else "a"}
+    finally:
+        for scheduler in schedulers:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+        for worker in electors:
+            worker.close(grace=0)

@@ -302,7 +302,12 @@ def test_a_forked_child_never_leads_through_an_inherited_elector(leader: Elector
     pid = os.fork()
     if pid == 0:  # the child: the elector it inherited belongs to the parent
         try:
-            result = {"call": job(), "stopped": token.stopped, "cause": token.cause and token.cause.value, "closed": leader.closed}
+            result = {
+                "call": job(),
+                "stopped": token.stopped,
+                "cause": token.cause and token.cause.value,
+                "closed": leader.closed,
+            }
             os.write(write_end, json.dumps(result).encode())
         finally:
             os._exit(0)

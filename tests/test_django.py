@@ -485,3 +485,22 @@ def test_bad_options_and_settings_fail_before_anything_runs(
         "--release",
     ):
         assert option in helped.stdout
+
+
+def test_on_one_host_the_file_backend_gives_the_same_command_behaviour(
+    tmp_path: Path, runs: Callable[..., Run]
+) -> None:
+    locks = tmp_path / "locks"
+    log, release = tmp_path / "events.log", tmp_path / "release"
+    env = project_env({"BACKEND": f"file://{locks}", "TTL": 10, "LOCK_DELAY": 1})
+    first = runs(env, "hold", "--events", str(log), "--release", str(release))
+    second = runs(env, "hold", "--events", str(log), "--release", str(release))
+    wait_until(lambda: first.proc.poll() is not None or second.proc.poll() is not None, 30, "one run", first, second)
+    loser, winner = (first, second) if first.proc.poll() is not None else (second, first)
+    assert loser.wait() == EXIT_OK, str(loser)
+    assert f"is held by {HOST}:{winner.pid}" in loser.stderr, str(loser)
+    wait_until(lambda: bool(events(log, "start")), 30, "the holder's start", winner)
+    release.touch()
+    assert winner.wait() == EXIT_OK, str(winner)
+    assert [e[1] for e in events(log, "start")] == [winner.pid]
+    assert list(locks.glob("*.lock")), "the lock lives in the configured directory"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import signal
 import time
@@ -101,3 +103,30 @@ def test_forked_child_neither_leads_nor_keeps_the_lock(tmp_path: Path) -> None:
     session = other.create_session(name="after", ttl=10, lock_delay=0)
     assert other.acquire("jobs/forked", session, b"after:1").acquired
     other.close()
+
+
+@leader_only(key="jobs/pooled", default="skipped")
+def pooled_job(x: int) -> str:
+    return f"ran {x} in {os.getpid()}"
+
+
+def test_a_decorated_function_goes_to_a_process_pool_and_runs_only_where_the_key_is_held(tmp_path: Path) -> None:
+    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10, lock_delay=1)
+    try:
+        assert pooled_job(1) == f"ran 1 in {os.getpid()}"  # this process holds the key
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            results = list(pool.map(pooled_job, range(4)))
+        assert results == ["skipped"] * 4, "the pool's processes campaign for themselves and find the key held"
+    finally:
+        singleton.shutdown()
+    # With nobody holding the key, the first process to ask becomes its holder.
+    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10, lock_delay=1)
+    try:
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            (result,) = list(pool.map(pooled_job, [7]))
+        assert result.startswith("ran 7 in ")
+        assert result != f"ran 7 in {os.getpid()}"
+    finally:
+        singleton.shutdown()
