@@ -126,6 +126,7 @@ def test_a_decorated_function_goes_to_a_process_pool_and_runs_only_where_the_key
         context = multiprocessing.get_context("fork")
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             (result,) = list(pool.map(pooled_job, [7]))
+        assert result is not None
         assert result.startswith("ran 7 in ")
         assert result != f"ran 7 in {os.getpid()}"
     finally:
