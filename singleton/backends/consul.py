@@ -132,9 +132,7 @@ class ConsulBackend(Backend):
                 raise BackendError(f"Consul answered 404 to {what}: {_short(exc)}") from exc
             raise SessionInvalidated(not_found) from exc
         except requests.exceptions.RequestException as exc:
-            raise BackendUnavailable(
-                f"{self.description} did not answer {what}: {type(exc).__name__}: {_short(exc)}"
-            ) from exc
+            raise BackendUnavailable(f"{self.description} did not answer {what}: {_cause(exc)}") from exc
         except consul.ACLPermissionDenied as exc:
             needed = f"; the token needs {rule}" if rule else ""
             raise AccessDenied(f"Consul ACL denied {what}{needed} ({_short(exc) or 'permission denied'})") from exc
@@ -227,6 +225,21 @@ class ConsulBackend(Backend):
             session = getattr(getattr(client, "http", None), "session", None)
             if session is not None:
                 session.close()
+
+
+def _cause(exc: requests.exceptions.RequestException) -> str:
+    """The root of a requests error in a few words ("Connection refused", "read timed out")."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "read timed out"
+    if isinstance(exc, requests.exceptions.ConnectionError) and "RemoteDisconnected" in text:
+        return "the connection was closed without a response"
+    return f"{type(exc).__name__}: {_short(exc)}"
 
 
 def _short(exc: BaseException) -> str:
