@@ -239,10 +239,10 @@ def test_kill_deadline_ends_before_anyone_else_could_take_the_key() -> None:
 
 @pytest.mark.consul
 def test_run_holds_the_key_while_the_command_runs_then_releases_it(
-    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner]
+    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner], consul_backend: ConsulBackend
 ) -> None:
     key = key_prefix + "job"
-    backend = ConsulBackend(consul_agent.settings())
+    backend = consul_backend
     runner = Runner(tmp_path, consul_agent.address, key, "--no-wait", child=("--seconds", "1.5", "--exit", "3"))
     runners.append(runner)
     start = runner.started()
@@ -309,7 +309,12 @@ def test_a_second_run_waits_for_the_first_and_never_overlaps(
 @pytest.mark.consul
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signals_are_forwarded_and_the_exit_code_is_the_commands(
-    signum: signal.Signals, consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner]
+    signum: signal.Signals,
+    consul_agent: ConsulAgent,
+    key_prefix: str,
+    tmp_path: Path,
+    runners: list[Runner],
+    consul_backend: ConsulBackend,
 ) -> None:
     key = key_prefix + "job"
     runner = Runner(tmp_path, consul_agent.address, key)
@@ -318,7 +323,7 @@ def test_signals_are_forwarded_and_the_exit_code_is_the_commands(
     runner.proc.send_signal(signum)
     assert runner.wait() == 100 + signum, runner.stderr()
     assert [e.detail for e in runner.events("signal")] == [signum.name], "delivered once"
-    _, entry = ConsulBackend(consul_agent.settings()).read(key)
+    _, entry = consul_backend.read(key)
     assert entry is not None
     assert entry.session is None
 
@@ -386,7 +391,7 @@ def test_a_deleted_key_kills_the_command_at_once(
 
 @pytest.mark.consul
 def test_an_invalidated_session_stops_the_command_before_anyone_else_can_start(
-    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner]
+    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner], consul_backend: ConsulBackend
 ) -> None:
     key = key_prefix + "job"
     lock_delay = 2
@@ -397,7 +402,7 @@ def test_an_invalidated_session_stops_the_command_before_anyone_else_can_start(
     runners.append(second)
     time.sleep(0.5)  # the second run is waiting
     _, session = start.detail.split()
-    ConsulBackend(consul_agent.settings()).destroy_session(session)  # `consul session destroy`
+    consul_backend.destroy_session(session)  # `consul session destroy`
     assert first.wait() == EXIT_LEADERSHIP_LOST, first.stderr()
     assert second.wait() == 0, second.stderr()
     (term,) = first.events("signal")

@@ -9,8 +9,8 @@ from singleton.backends.consul import ConsulBackend
 from singleton.config import ConsulSettings
 
 
-def test_session_lock_round_trip(consul_settings: ConsulSettings, key_prefix: str) -> None:
-    backend = ConsulBackend(consul_settings)
+def test_session_lock_round_trip(consul_backend: ConsulBackend, key_prefix: str) -> None:
+    backend = consul_backend
     key = key_prefix + "smoke"
     session = backend.create_session(name="smoke:1", ttl=10, lock_delay=0)
     info = backend.session_info(session)
@@ -49,11 +49,12 @@ def test_session_lock_round_trip(consul_settings: ConsulSettings, key_prefix: st
     _, after = backend.read(key)
     assert after is not None
     assert after.session is None
-    backend.close()
 
 
-def test_sessions_carry_no_health_check_that_could_end_them_before_their_ttl(consul_settings: ConsulSettings) -> None:
-    backend = ConsulBackend(consul_settings)
+def test_sessions_carry_no_health_check_that_could_end_them_before_their_ttl(
+    consul_settings: ConsulSettings, consul_backend: ConsulBackend
+) -> None:
+    backend = consul_backend
     session = backend.create_session(name="ttl-only", ttl=10, lock_delay=15)
     with urllib.request.urlopen(f"{consul_settings.address}/v1/session/info/{session}", timeout=5) as response:
         (info,) = json.loads(response.read())
@@ -61,4 +62,3 @@ def test_sessions_carry_no_health_check_that_could_end_them_before_their_ttl(con
     assert not info.get("ServiceChecks")
     assert (info["TTL"], info["Behavior"], info["LockDelay"]) == ("10s", "release", 15_000_000_000)
     backend.destroy_session(session)
-    backend.close()

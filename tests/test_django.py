@@ -133,10 +133,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, *runs: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n" + "\n".join(map(str, runs)))
 
 
-def consul(agent: ConsulAgent) -> ConsulBackend:
-    return ConsulBackend(agent.settings())
-
-
 # -- without Django, and the pure parts -----------------------------------------------------------
 
 
@@ -214,7 +210,12 @@ def test_the_wrapper_passes_everything_after_the_command_verbatim() -> None:
 
 @pytest.mark.consul
 def test_two_concurrent_runs_one_executes_the_other_names_the_holder(
-    consul_agent: ConsulAgent, setting: dict[str, Any], key_prefix: str, tmp_path: Path, runs: Callable[..., Run]
+    consul_agent: ConsulAgent,
+    setting: dict[str, Any],
+    key_prefix: str,
+    tmp_path: Path,
+    runs: Callable[..., Run],
+    consul_backend: ConsulBackend,
 ) -> None:
     log, release = tmp_path / "events.log", tmp_path / "release"
     env = project_env(setting)
@@ -230,7 +231,7 @@ def test_two_concurrent_runs_one_executes_the_other_names_the_holder(
     assert loser.stderr.count("\n") == 1, "one line"
 
     # Settings honoured: the key is under KEY_PREFIX, its value is hostname:pid, the session has TTL and LOCK_DELAY.
-    backend = consul(consul_agent)
+    backend = consul_backend
     _, entry = backend.read(key_prefix + "hold")
     assert entry is not None
     assert entry.session is not None
@@ -291,7 +292,12 @@ def test_two_concurrent_runs_one_executes_the_other_names_the_holder(
 
 @pytest.mark.consul
 def test_the_wrapper_keeps_the_wrapped_commands_parsing_output_and_exit_code(
-    consul_agent: ConsulAgent, setting: dict[str, Any], key_prefix: str, tmp_path: Path, runs: Callable[..., Run]
+    consul_agent: ConsulAgent,
+    setting: dict[str, Any],
+    key_prefix: str,
+    tmp_path: Path,
+    runs: Callable[..., Run],
+    consul_backend: ConsulBackend,
 ) -> None:
     env = project_env(setting)
     failing = runs(env, "leader_only", "--key", "a", "exit_with", "3", "--message", "hello", "--show-token")
@@ -306,7 +312,7 @@ def test_the_wrapper_keeps_the_wrapped_commands_parsing_output_and_exit_code(
     assert misused.wait() == 2, str(misused)
     assert "exit_with: error: argument code: invalid int value: 'notanumber'" in misused.stderr
     # The key defaults to the wrapped command's name, and each run released its key when done.
-    backend = consul(consul_agent)
+    backend = consul_backend
     for key, run in (("a", failing), ("exit_with", fine)):
         _, entry = backend.read(key_prefix + key)
         assert entry is not None, key
@@ -318,26 +324,31 @@ def test_the_wrapper_keeps_the_wrapped_commands_parsing_output_and_exit_code(
 
 @pytest.mark.consul
 def test_without_settings_singleton_the_environment_configures_the_commands(
-    consul_agent: ConsulAgent, key_prefix: str, runs: Callable[..., Run]
+    consul_agent: ConsulAgent, key_prefix: str, runs: Callable[..., Run], consul_backend: ConsulBackend
 ) -> None:
     env = project_env(None, CONSUL_HTTP_ADDR=consul_agent.address, SINGLETON_KEY_PREFIX=key_prefix + "env/")
     run = runs(env, "leader_only", "exit_with", "0", "--show-token")
     assert run.wait() == EXIT_OK, str(run)
-    _, entry = consul(consul_agent).read(key_prefix + "env/exit_with")
+    _, entry = consul_backend.read(key_prefix + "env/exit_with")
     assert entry is not None
     assert entry.holder == f"{HOST}:{run.pid}"
 
 
 @pytest.mark.consul
 def test_leader_wait_takes_the_lock_once_the_holder_finishes(
-    consul_agent: ConsulAgent, setting: dict[str, Any], key_prefix: str, tmp_path: Path, runs: Callable[..., Run]
+    consul_agent: ConsulAgent,
+    setting: dict[str, Any],
+    key_prefix: str,
+    tmp_path: Path,
+    runs: Callable[..., Run],
+    consul_backend: ConsulBackend,
 ) -> None:
     log, release, done = tmp_path / "events.log", tmp_path / "release", tmp_path / "done"
     done.touch()
     env = project_env(setting)
     holder = runs(env, "hold", "--events", str(log), "--release", str(release), "--leader-ttl", "20")
     wait_until(lambda: bool(events(log, "start")), 30, "the holder", holder)
-    backend = consul(consul_agent)
+    backend = consul_backend
     _, entry = backend.read(key_prefix + "hold")
     assert entry is not None
     assert entry.session is not None
@@ -356,10 +367,15 @@ def test_leader_wait_takes_the_lock_once_the_holder_finishes(
 
 @pytest.mark.consul
 def test_a_key_inside_the_lock_delay_of_a_dead_holder_is_waited_for_not_skipped(
-    consul_agent: ConsulAgent, setting: dict[str, Any], key_prefix: str, tmp_path: Path, runs: Callable[..., Run]
+    consul_agent: ConsulAgent,
+    setting: dict[str, Any],
+    key_prefix: str,
+    tmp_path: Path,
+    runs: Callable[..., Run],
+    consul_backend: ConsulBackend,
 ) -> None:
     log = tmp_path / "events.log"
-    backend = consul(consul_agent)
+    backend = consul_backend
     # A holder whose session is invalidated (as when it crashed): the key is free, but not for 4 s.
     session = backend.create_session(name="crashed:1", ttl=10, lock_delay=4)
     assert backend.acquire(key_prefix + "hold", session, b"crashed:1").acquired
@@ -374,14 +390,19 @@ def test_a_key_inside_the_lock_delay_of_a_dead_holder_is_waited_for_not_skipped(
 
 @pytest.mark.consul
 def test_lost_leadership_fires_the_token_and_exits_leadership_lost(
-    consul_agent: ConsulAgent, setting: dict[str, Any], key_prefix: str, tmp_path: Path, runs: Callable[..., Run]
+    consul_agent: ConsulAgent,
+    setting: dict[str, Any],
+    key_prefix: str,
+    tmp_path: Path,
+    runs: Callable[..., Run],
+    consul_backend: ConsulBackend,
 ) -> None:
     log = tmp_path / "events.log"
     env = project_env(setting)
     raising = runs(env, "watch_token", "--events", str(log), "--then", "raise")
     returning = runs(env, "watch_token", "--events", str(log), "--then", "return", "--leader-key", "other")
     wait_until(lambda: len(events(log, "start")) == 2, 30, "both commands", raising, returning)
-    backend = consul(consul_agent)
+    backend = consul_backend
     for key in ("watch_token", "other"):
         _, entry = backend.read(key_prefix + key)
         assert entry is not None

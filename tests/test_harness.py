@@ -22,14 +22,13 @@ def test_find_consul_names_where_it_looked(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_restarted_dev_agent_comes_back_empty(fresh_consul_agent: ConsulAgent) -> None:
-    backend = ConsulBackend(fresh_consul_agent.settings(timeout=2))
-    session = backend.create_session(name="harness", ttl=10, lock_delay=0)
-    fresh_consul_agent.stop()
-    with pytest.raises(BackendUnavailable, match="did not answer"):
-        backend.read("anything")
-    fresh_consul_agent.start()
-    assert backend.session_info(session) is None  # dev mode keeps nothing across a restart
-    backend.close()
+    with ConsulBackend(fresh_consul_agent.settings(timeout=2)) as backend:
+        session = backend.create_session(name="harness", ttl=10, lock_delay=0)
+        fresh_consul_agent.stop()
+        with pytest.raises(BackendUnavailable, match="did not answer"):
+            backend.read("anything")
+        fresh_consul_agent.start()
+        assert backend.session_info(session) is None  # dev mode keeps nothing across a restart
 
 
 def test_cluster_of_three_servers_elects_a_leader(consul_cluster: ConsulCluster, key_prefix: str) -> None:
@@ -38,11 +37,10 @@ def test_cluster_of_three_servers_elects_a_leader(consul_cluster: ConsulCluster,
     assert leader in consul_cluster.agents
     # A write through one server is read back through another: they form one cluster.
     first, second = consul_cluster.agents[0], consul_cluster.agents[1]
-    writer = ConsulBackend(first.settings())
-    reader = ConsulBackend(second.settings())
-    session = writer.create_session(name="cluster", ttl=10, lock_delay=0)
-    assert writer.acquire(key_prefix + "k", session, b"cluster").acquired
-    _, entry = reader.read(key_prefix + "k")
-    assert entry is not None
-    assert entry.session == session
-    writer.destroy_session(session)
+    with ConsulBackend(first.settings()) as writer, ConsulBackend(second.settings()) as reader:
+        session = writer.create_session(name="cluster", ttl=10, lock_delay=0)
+        assert writer.acquire(key_prefix + "k", session, b"cluster").acquired
+        _, entry = reader.read(key_prefix + "k")
+        assert entry is not None
+        assert entry.session == session
+        writer.destroy_session(session)

@@ -48,7 +48,11 @@ def fleet_factory(tmp_path: Path) -> Iterator[list[Fleet]]:
 
 
 def test_exactly_one_of_three_processes_runs_the_body(
-    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, fleet_factory: list[Fleet]
+    consul_agent: ConsulAgent,
+    key_prefix: str,
+    tmp_path: Path,
+    fleet_factory: list[Fleet],
+    consul_backend: ConsulBackend,
 ) -> None:
     fleet = Fleet(tmp_path, consul_agent.address, key_prefix + "job", extra=["--interval", "0.05"])
     fleet_factory.append(fleet)
@@ -61,7 +65,7 @@ def test_exactly_one_of_three_processes_runs_the_body(
     fences = {e.detail for e in starts}
     assert len(fences) == 1, "one term, one fence"
     # The holder is visible to operators as hostname:pid.
-    _, entry = ConsulBackend(consul_agent.settings()).read(key_prefix + "job")
+    _, entry = consul_backend.read(key_prefix + "job")
     assert entry is not None
     assert entry.holder is not None
     assert entry.holder.endswith(f":{starts[0].pid}")
@@ -105,12 +109,16 @@ def test_crash_of_the_leader_fails_over_within_the_bound(
 
 
 def test_long_job_sees_its_token_when_an_operator_destroys_the_session(
-    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, fleet_factory: list[Fleet]
+    consul_agent: ConsulAgent,
+    key_prefix: str,
+    tmp_path: Path,
+    fleet_factory: list[Fleet],
+    consul_backend: ConsulBackend,
 ) -> None:
     fleet = Fleet(tmp_path, consul_agent.address, key_prefix + "job", size=1, extra=["--mode", "long"])
     fleet_factory.append(fleet)
     fleet.wait_for(lambda: bool(fleet.events("start")), 30, "the long job")
-    backend = ConsulBackend(consul_agent.settings())
+    backend = consul_backend
     _, entry = backend.read(key_prefix + "job")
     assert entry is not None
     assert entry.session is not None
@@ -251,8 +259,10 @@ def _put_json(url: str, body: dict[str, object], token: str) -> dict[str, object
 def test_acl_denial_names_the_key_and_the_rule_needed(consul_binary: str, tmp_path: Path) -> None:
     agent = _acl_agent(consul_binary, tmp_path)
     try:
-        anonymous = ConsulBackend(agent.settings())
-        with pytest.raises(AccessDenied, match=r'session_prefix "" \{ policy = "write" \}'):
+        with (
+            ConsulBackend(agent.settings()) as anonymous,
+            pytest.raises(AccessDenied, match=r'session_prefix "" \{ policy = "write" \}'),
+        ):
             anonymous.create_session(name="x", ttl=10, lock_delay=0)
         _put_json(
             f"{agent.url}/v1/acl/policy",
@@ -261,10 +271,10 @@ def test_acl_denial_names_the_key_and_the_rule_needed(consul_binary: str, tmp_pa
         )
         token = _put_json(f"{agent.url}/v1/acl/token", {"Policies": [{"Name": "sessions-only"}]}, "root-token")
         limited = agent.settings(token=str(token["SecretID"]))
-        backend = ConsulBackend(limited)
-        session = backend.create_session(name="x", ttl=10, lock_delay=0)
-        with pytest.raises(AccessDenied, match=r"acquiring key 'reports/nightly'.*key_prefix \"reports/nightly\""):
-            backend.acquire("reports/nightly", session, b"x")
+        with ConsulBackend(limited) as backend:
+            session = backend.create_session(name="x", ttl=10, lock_delay=0)
+            with pytest.raises(AccessDenied, match=r"acquiring key 'reports/nightly'.*key_prefix \"reports/nightly\""):
+                backend.acquire("reports/nightly", session, b"x")
         # Through the engine: the call does not run, does not raise, and says why.
         elector = Elector(Settings(consul=limited, identity="acl:1"))
         try:

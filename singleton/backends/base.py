@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = ["Acquisition", "Backend", "KeyInfo", "SessionInfo"]
+
+_B = TypeVar("_B", bound="Backend")
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,12 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release network resources. The backend is not used afterwards."""
+
+    def __enter__(self: _B) -> _B:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook
         """Called in a forked child on the parent's backend, which the child never uses again:

@@ -2,6 +2,7 @@
 
 ``consul_agent``        a dev agent shared by the whole session (started on first use, stopped at the end)
 ``consul_settings``     ConsulSettings pointing at it
+``consul_backend``      a ConsulBackend on it (closed after the test), to look at keys as an operator would
 ``key_prefix``          a Consul key prefix of the test's own, so tests never see each other's keys
 ``fresh_consul_agent``  a dev agent of the test's own, for tests that stop, pause or restart it
 ``consul_cluster``      three servers (not dev mode) shared by the session, for fault tests
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from singleton.backends.consul import ConsulBackend
 from singleton.config import ConsulSettings
 from singleton.testing._agent import ConsulAgent, ConsulCluster, ConsulNotFound, find_consul
 
@@ -52,6 +54,12 @@ def consul_settings(consul_agent: ConsulAgent) -> ConsulSettings:
     if not consul_agent.running:  # a test stopped the shared agent: bring it back for the next one
         consul_agent.start()
     return consul_agent.settings()
+
+
+@pytest.fixture
+def consul_backend(consul_settings: ConsulSettings) -> Iterator[ConsulBackend]:
+    with ConsulBackend(consul_settings) as backend:
+        yield backend
 
 
 @pytest.fixture
