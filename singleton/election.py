@@ -721,6 +721,10 @@ class Elector:
         now = self._clock()
         if group is None or now < election._next_attempt:
             return
+        if group.id is not None and now >= group.next_renew:
+            # Many attempts in one step against a slow agent must not push a renewal past the lease.
+            self._renew(group)
+            now = self._clock()
         if not group.valid(now):
             if group.troubled() and not election._settled.is_set():
                 election._reason = election._reason or "no valid session"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from singleton.backends.base import KeyInfo
+from singleton.backends.base import Acquisition, KeyInfo
 from singleton.backends.memory import MemoryBackend
 from singleton.election import Elector, Role, _Watcher
 from singleton.errors import BackendUnavailable, ConfigurationError
@@ -562,3 +562,25 @@ def test_close_gives_up_the_network_after_the_first_unreachable_call(backend: Me
     a.close(grace=0)
     assert len(link_calls) == 1, "one release found the backend down; nothing more was tried"
     assert sum(backend.calls.values()) == before
+
+
+class Slow(Partitionable):
+    """Every acquisition takes a second of the fake clock, as against an overloaded agent."""
+
+    def __init__(self, inner: MemoryBackend, clock: FakeClock) -> None:
+        super().__init__(inner)
+        self.clock = clock
+
+    def acquire(self, key: str, session_id: str, value: bytes, flags: int = 0) -> Acquisition:
+        self.clock.advance(1.0)
+        return super().acquire(key, session_id, value, flags)
+
+
+def test_a_long_run_of_attempts_does_not_push_the_renewal_past_the_lease(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    a = memory_elector(Slow(backend, clock), clock)
+    elections = [a.register(f"jobs/{i}") for i in range(30)]  # 30 s of attempts in one step
+    a.step()
+    assert all(e.is_leader for e in elections[:5]), "the first terms survived the slow run"
+    assert backend.calls["renew_session"] >= 5, "renewed between attempts, every ttl/3"
