@@ -785,6 +785,9 @@ class Elector:
 
     def _lock_delay_end(self, election: Election, now: float) -> float:
         """When the lock-delay of the key's last holder has surely ended, by our clock."""
+        if not self.backend.lock_delays:  # a free key refused: another process won a race, or the
+            election._failures += 1  # dying holder's lock is not gone yet. Look again very soon.
+            return now + min(0.5, 0.01 * 2.0 ** min(election._failures, 6))
         spec = election.spec
         seen = election._released_at
         delay = election._released_lock_delay

@@ -83,6 +83,9 @@ class Backend(abc.ABC):
 
     #: Short name for logs and status output ("consul", "memory", "file").
     name: str = "backend"
+    #: Whether an invalidated session leaves its keys inside a lock-delay. Where it does not, a failed
+    #: attempt on a free key is a momentary race, retried at once rather than after a lock-delay.
+    lock_delays: bool = True
 
     @property
     def description(self) -> str:

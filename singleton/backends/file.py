@@ -61,6 +61,7 @@ class FileBackend(Backend):
     """Sessions and locks for the processes of one host, in ``directory``."""
 
     name = "file"
+    lock_delays = False
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
