@@ -245,12 +245,8 @@ _OFFLINE = (
 )
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
 def _pip(python: Path, *args: str) -> None:
-    """pip (this environment's) installing into ``python``'s environment; skips when no index answers."""
+    """pip (this environment's) installing into ``python``'s environment; fails saying why when it cannot."""
     command = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "install"]
     try:
         result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=240)
@@ -261,10 +257,10 @@ def _pip(python: Path, *args: str) -> None:
     if not failed:
         return
     if any(sign in output for sign in _OFFLINE) or "did not finish" in output:
-        message = f"pip cannot reach a package index to install python-consul2: {output.strip()[-500:]}"
-        if _under_ci():
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+        # `make test` installs from the same index, so a machine that runs the suite reaches it.
+        pytest.fail(
+            f"pip cannot reach a package index to install python-consul2: {output.strip()[-500:]}", pytrace=False
+        )
     pytest.fail(f"pip install {' '.join(args)} failed:\n{output[-3000:]}", pytrace=False)
 
 
