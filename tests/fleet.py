@@ -26,6 +26,19 @@ class Event:
         return self.detail.split(" ")
 
 
+def read_events(path: Path, kind: str | None = None) -> list[Event]:
+    """The events of a log of ``<wall time> <pid> <kind> <detail...>`` lines (none if it does not exist)."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        at, pid, rest = line.split(" ", 2)
+        event_kind, _, detail = rest.partition(" ")
+        if kind is None or event_kind == kind:
+            found.append(Event(float(at), int(pid), event_kind, detail))
+    return found
+
+
 class Fleet:
     """N copies of a worker application (``worker``, tests/worker.py by default), sharing one event log.
 
@@ -69,13 +82,7 @@ class Fleet:
                 )
 
     def events(self, kind: str | None = None) -> list[Event]:
-        found = []
-        for line in self.log.read_text().splitlines():
-            at, pid, rest = line.split(" ", 2)
-            event_kind, _, detail = rest.partition(" ")
-            if kind is None or event_kind == kind:
-                found.append(Event(float(at), int(pid), event_kind, detail))
-        return found
+        return read_events(self.log, kind)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> float:
         """Seconds it took until ``predicate()``; fails with the workers' output after ``timeout``."""

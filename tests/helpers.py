@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from singleton.backends.base import Acquisition, Backend, KeyInfo, SessionInfo
 from singleton.backends.memory import MemoryBackend
@@ -109,3 +112,19 @@ def memory_elector(
 
 def shared_memory(clock: FakeClock) -> MemoryBackend:
     return MemoryBackend(clock=clock)
+
+
+def in_fork(report: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """Fork; the child calls ``report()`` and sends back what it returns. Returns (child pid, report)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, json.dumps(report()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result = json.loads(pipe.read() or "{}")
+    os.waitpid(pid, 0)
+    return pid, result

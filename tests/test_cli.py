@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,8 @@ from singleton.config import ConsulSettings
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.testing import ConsulAgent, free_ports
 from singleton.token import StopCause
+
+from .fleet import Event, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("cli_child.py")
@@ -66,14 +67,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
         assert word in lines[0], lines[0]
 
 
-@dataclass(frozen=True)
-class Event:
-    at: float
-    pid: int
-    kind: str
-    detail: str
-
-
 class Runner:
     """One ``singleton run`` in the background, its command logging to ``<name>.log``."""
 
@@ -105,15 +98,7 @@ class Runner:
         return self.proc.pid
 
     def events(self, kind: str | None = None) -> list[Event]:
-        if not self.log.exists():
-            return []
-        found = []
-        for line in self.log.read_text().splitlines():
-            at, pid, rest = line.split(" ", 2)
-            event_kind, _, detail = rest.partition(" ")
-            if kind is None or event_kind == kind:
-                found.append(Event(float(at), int(pid), event_kind, detail))
-        return found
+        return read_events(self.log, kind)
 
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
-import os
 import pickle
 import threading
 import time
@@ -24,7 +22,7 @@ from singleton import (
 )
 from singleton.backends.memory import MemoryBackend
 
-from .helpers import memory_elector
+from .helpers import in_fork, memory_elector
 
 
 @pytest.fixture
@@ -298,23 +296,15 @@ def test_a_forked_child_never_leads_through_an_inherited_elector(leader: Elector
     assert job() == "ran"
     token = job.election.token
     assert token is not None
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the elector it inherited belongs to the parent
-        try:
-            result = {
-                "call": job(),
-                "stopped": token.stopped,
-                "cause": token.cause and token.cause.value,
-                "closed": leader.closed,
-            }
-            os.write(write_end, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        result = json.loads(pipe.read() or "{}")
-    os.waitpid(pid, 0)
+    # In the child, the elector it inherited belongs to the parent.
+    _, result = in_fork(
+        lambda: {
+            "call": job(),
+            "stopped": token.stopped,
+            "cause": token.cause and token.cause.value,
+            "closed": leader.closed,
+        }
+    )
     assert result == {"call": "not here", "stopped": True, "cause": "forked", "closed": True}
     assert not token.stopped, "the parent keeps its term"
     assert job() == "ran"

@@ -26,6 +26,8 @@ from singleton.errors import ConfigurationError
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.testing import ConsulAgent, free_ports
 
+from .fleet import read_events
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = Path(__file__).resolve().with_name("django_project")
 MANAGE = PROJECT / "manage.py"
@@ -110,18 +112,6 @@ def down_setting(key_prefix: str) -> dict[str, Any]:
     """``settings.SINGLETON`` naming a port where no Consul listens."""
     (port,) = free_ports(1)
     return {"ADDRESS": f"127.0.0.1:{port}", "KEY_PREFIX": key_prefix, "TTL": 10, "LOCK_DELAY": 1, "TIMEOUT": 2}
-
-
-def events(path: Path, kind: str | None = None) -> list[tuple[float, int, str, str]]:
-    if not path.exists():
-        return []
-    found = []
-    for line in path.read_text().splitlines():
-        at, pid, rest = line.split(" ", 2)
-        event_kind, _, detail = rest.partition(" ")
-        if kind is None or event_kind == kind:
-            found.append((float(at), int(pid), event_kind, detail))
-    return found
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, *runs: Run) -> None:
@@ -225,8 +215,8 @@ def test_two_concurrent_runs_one_executes_the_other_names_the_holder(
     wait_until(lambda: first.proc.poll() is not None or second.proc.poll() is not None, 30, "one run", first, second)
     loser, winner = (first, second) if first.proc.poll() is not None else (second, first)
     assert loser.wait() == EXIT_OK, str(loser)
-    wait_until(lambda: bool(events(log, "start")), 30, "the holder's start", winner)
-    assert [e[1] for e in events(log, "start")] == [winner.pid]
+    wait_until(lambda: bool(read_events(log, "start")), 30, "the holder's start", winner)
+    assert [e.pid for e in read_events(log, "start")] == [winner.pid]
     assert f"is held by {HOST}:{winner.pid}" in loser.stderr, str(loser)
     assert loser.stderr.count("\n") == 1, "one line"
 
@@ -279,7 +269,7 @@ def test_two_concurrent_runs_one_executes_the_other_names_the_holder(
     assert f"held by {HOST}:{winner.pid}" in held_message
     # call_command("leader_only", ...) raises the wrapped command's own error, after its own output.
     assert (wrapped_code, wrapped_message, wrapped_output) == (4, "exiting with 4", "hi\n")
-    assert [e[1] for e in events(log) if e[2] in ("start", "ran")] == [winner.pid], "nobody else ran"
+    assert [e.pid for e in read_events(log) if e.kind in ("start", "ran")] == [winner.pid], "nobody else ran"
 
     release.touch()
     assert winner.wait() == EXIT_OK, str(winner)
@@ -347,7 +337,7 @@ def test_leader_wait_takes_the_lock_once_the_holder_finishes(
     done.touch()
     env = project_env(setting)
     holder = runs(env, "hold", "--events", str(log), "--release", str(release), "--leader-ttl", "20")
-    wait_until(lambda: bool(events(log, "start")), 30, "the holder", holder)
+    wait_until(lambda: bool(read_events(log, "start")), 30, "the holder", holder)
     backend = consul_backend
     _, entry = backend.read(key_prefix + "hold")
     assert entry is not None
@@ -361,7 +351,7 @@ def test_leader_wait_takes_the_lock_once_the_holder_finishes(
     release.touch()
     assert holder.wait() == EXIT_OK, str(holder)
     assert waiter.wait() == EXIT_OK, str(waiter)
-    order = [(e[1], e[2]) for e in events(log)]
+    order = [(e.pid, e.kind) for e in read_events(log)]
     assert order == [(holder.pid, "start"), (holder.pid, "end"), (waiter.pid, "start"), (waiter.pid, "end")]
 
 
@@ -383,9 +373,9 @@ def test_a_key_inside_the_lock_delay_of_a_dead_holder_is_waited_for_not_skipped(
     destroyed_at = time.time()
     run = runs(project_env(setting), "hold", "--events", str(log))
     assert run.wait() == EXIT_OK, str(run)
-    starts = events(log, "start")
-    assert [e[1] for e in starts] == [run.pid], str(run)
-    assert starts[0][0] >= destroyed_at + 4 - 0.5, "not before the lock-delay ended"
+    starts = read_events(log, "start")
+    assert [e.pid for e in starts] == [run.pid], str(run)
+    assert starts[0].at >= destroyed_at + 4 - 0.5, "not before the lock-delay ended"
 
 
 @pytest.mark.consul
@@ -401,7 +391,7 @@ def test_lost_leadership_fires_the_token_and_exits_leadership_lost(
     env = project_env(setting)
     raising = runs(env, "watch_token", "--events", str(log), "--then", "raise")
     returning = runs(env, "watch_token", "--events", str(log), "--then", "return", "--leader-key", "other")
-    wait_until(lambda: len(events(log, "start")) == 2, 30, "both commands", raising, returning)
+    wait_until(lambda: len(read_events(log, "start")) == 2, 30, "both commands", raising, returning)
     backend = consul_backend
     for key in ("watch_token", "other"):
         _, entry = backend.read(key_prefix + key)
@@ -413,7 +403,7 @@ def test_lost_leadership_fires_the_token_and_exits_leadership_lost(
     for run in (raising, returning):
         assert "lost the lock" in run.stderr
         assert "Traceback" not in run.stderr
-    reasons = [e[3] for e in events(log, "stopped")]
+    reasons = [e.detail for e in read_events(log, "stopped")]
     assert len(reasons) == 2
     assert all("released by Consul" in r or "invalidated" in r for r in reasons), reasons
 
@@ -435,7 +425,7 @@ def test_consul_down_never_runs_the_command_and_exits_unavailable(
         assert "not run: cannot prove this process holds the lock" in run.stderr
         assert "did not answer" in run.stderr
     assert forced.wait() == EXIT_OK, str(forced)
-    assert [e[1] for e in events(log) if e[2] in ("start", "ran")] == [forced.pid], "only --no-leader ran"
+    assert [e.pid for e in read_events(log) if e.kind in ("start", "ran")] == [forced.pid], "only --no-leader ran"
     # The wrapped command parses its arguments before the lock is asked for: no Consul needed for that.
     assert misused.wait() == 2, str(misused)
     assert "invalid int value: 'nope'" in misused.stderr
@@ -455,7 +445,7 @@ def test_a_hanging_agent_is_unavailable_too_and_the_command_does_not_run(
     assert "Traceback" not in run.stderr
     assert run.stderr.count("\n") == 1, f"one line:\n{run.stderr}"
     assert "timed out" in run.stderr or "did not answer" in run.stderr, run.stderr
-    assert events(log) == []
+    assert read_events(log) == []
 
 
 def test_bad_options_and_settings_fail_before_anything_runs(
@@ -494,7 +484,7 @@ def test_bad_options_and_settings_fail_before_anything_runs(
     for run, code, message in cases:
         assert run.wait() == code, str(run)
         assert message in run.stderr, str(run)
-    assert events(log) == []
+    assert read_events(log) == []
     helped = runs(env, "hold", "--events", str(log), "--help")
     assert helped.wait() == EXIT_OK
     for option in (
@@ -520,8 +510,8 @@ def test_on_one_host_the_file_backend_gives_the_same_command_behaviour(
     loser, winner = (first, second) if first.proc.poll() is not None else (second, first)
     assert loser.wait() == EXIT_OK, str(loser)
     assert f"is held by {HOST}:{winner.pid}" in loser.stderr, str(loser)
-    wait_until(lambda: bool(events(log, "start")), 30, "the holder's start", winner)
+    wait_until(lambda: bool(read_events(log, "start")), 30, "the holder's start", winner)
     release.touch()
     assert winner.wait() == EXIT_OK, str(winner)
-    assert [e[1] for e in events(log, "start")] == [winner.pid]
+    assert [e.pid for e in read_events(log, "start")] == [winner.pid]
     assert list(locks.glob("*.lock")), "the lock lives in the configured directory"

@@ -18,6 +18,7 @@ from singleton import leader_only
 from singleton.backends.file import FileBackend
 
 from .fleet import Event, Fleet, assert_no_overlap
+from .helpers import in_fork
 
 
 @pytest.fixture
@@ -80,18 +81,9 @@ def test_forked_child_neither_leads_nor_keeps_the_lock(tmp_path: Path) -> None:
             return "ran"
 
         assert job() == "ran"
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                result = {"call": job(), "holder": job.election.holder, "me": singleton.get_elector().identity}
-                os.write(write_end, json.dumps(result).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end) as pipe:
-            result = json.loads(pipe.read() or "{}")
-        os.waitpid(pid, 0)
+        pid, result = in_fork(
+            lambda: {"call": job(), "holder": job.election.holder, "me": singleton.get_elector().identity}
+        )
         assert result["call"] == "skipped"
         assert result["holder"].endswith(f":{os.getpid()}")
         assert result["me"].endswith(f":{pid}"), "configured before the fork, the child still names itself"

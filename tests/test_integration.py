@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 import singleton
-from singleton import Elector, LeaseSpec, Role, Settings, leader_only
+from singleton import Election, Elector, LeaseSpec, Role, Settings, StopToken, leader_only
 from singleton.backends.consul import ConsulBackend
 from singleton.config import ConsulSettings
 from singleton.errors import AccessDenied
 from singleton.testing import ConsulAgent
 
 from .fleet import Event, Fleet, assert_no_overlap
+from .helpers import in_fork
 
 pytestmark = pytest.mark.consul
 
@@ -37,6 +38,20 @@ def elector_for(settings: ConsulSettings, key_prefix: str, identity: str, lock_d
             watch_wait=5,
         )
     )
+
+
+@pytest.fixture
+def leading(fresh_consul_agent: ConsulAgent, key_prefix: str) -> Iterator[tuple[Election, StopToken]]:
+    """This process leads "job" on an agent of the test's own (1 s HTTP timeout); closed afterwards."""
+    elector = elector_for(fresh_consul_agent.settings(timeout=1), key_prefix, "faults:1")
+    try:
+        election = elector.register("job")
+        assert election.wait_for_leadership(10)
+        token = election.token
+        assert token is not None
+        yield election, token
+    finally:
+        elector.close(grace=0)
 
 
 @pytest.fixture
@@ -149,62 +164,45 @@ def test_long_job_sees_its_token_when_an_operator_deletes_the_key(
 
 
 def test_agent_down_longer_than_the_lease_fires_the_token_before_the_ttl(
-    fresh_consul_agent: ConsulAgent, key_prefix: str
+    fresh_consul_agent: ConsulAgent, leading: tuple[Election, StopToken]
 ) -> None:
-    elector = elector_for(fresh_consul_agent.settings(timeout=1), key_prefix, "outage:1")
-    try:
-        election = elector.register("job")
-        assert election.wait_for_leadership(10)
-        token = election.token
-        assert token is not None
-        stopped_at = time.monotonic()
-        fresh_consul_agent.stop()
-        assert token.wait(TTL + 5)
-        took = time.monotonic() - stopped_at
-        lease = LeaseSpec(ttl=TTL).lease
-        # Not at the first failed renewal, and before Consul could expire the session (TTL).
-        assert lease - LeaseSpec(ttl=TTL).renew_interval - 0.5 < took < TTL, took
-        assert "lease" in (token.reason or "")
-        assert election.status().role is Role.FOLLOWER
-        # Consul back (a dev agent comes back empty): the process takes the key again.
-        fresh_consul_agent.start()
-        assert election.wait_for_leadership(30)
-        new = election.token
-        assert new is not None
-        assert new is not token
-    finally:
-        elector.close(grace=0)
+    election, token = leading
+    stopped_at = time.monotonic()
+    fresh_consul_agent.stop()
+    assert token.wait(TTL + 5)
+    took = time.monotonic() - stopped_at
+    lease = LeaseSpec(ttl=TTL).lease
+    # Not at the first failed renewal, and before Consul could expire the session (TTL).
+    assert lease - LeaseSpec(ttl=TTL).renew_interval - 0.5 < took < TTL, took
+    assert "lease" in (token.reason or "")
+    assert election.status().role is Role.FOLLOWER
+    # Consul back (a dev agent comes back empty): the process takes the key again.
+    fresh_consul_agent.start()
+    assert election.wait_for_leadership(30)
+    new = election.token
+    assert new is not None
+    assert new is not token
 
 
-def test_short_agent_pause_does_not_cause_a_step_down(fresh_consul_agent: ConsulAgent, key_prefix: str) -> None:
-    elector = elector_for(fresh_consul_agent.settings(timeout=1), key_prefix, "pause:1")
-    try:
-        election = elector.register("job")
-        assert election.wait_for_leadership(10)
-        token = election.token
-        assert token is not None
-        with fresh_consul_agent.paused():
-            time.sleep(4)  # shorter than the 8 s lease: renewals time out and are retried
-        time.sleep(2)
-        assert not token.stopped, token.reason
-        assert election.token is token
-    finally:
-        elector.close(grace=0)
+def test_short_agent_pause_does_not_cause_a_step_down(
+    fresh_consul_agent: ConsulAgent, leading: tuple[Election, StopToken]
+) -> None:
+    election, token = leading
+    with fresh_consul_agent.paused():
+        time.sleep(4)  # shorter than the 8 s lease: renewals time out and are retried
+    time.sleep(2)
+    assert not token.stopped, token.reason
+    assert election.token is token
 
 
-def test_agent_restart_then_leadership_recovered(fresh_consul_agent: ConsulAgent, key_prefix: str) -> None:
-    elector = elector_for(fresh_consul_agent.settings(timeout=1), key_prefix, "restart:1")
-    try:
-        election = elector.register("job")
-        assert election.wait_for_leadership(10)
-        token = election.token
-        assert token is not None
-        fresh_consul_agent.restart()  # a dev agent forgets every session and key
-        assert token.wait(TTL), "the old term ends: its session is gone"
-        assert election.wait_for_leadership(30)
-        assert election.token is not token
-    finally:
-        elector.close(grace=0)
+def test_agent_restart_then_leadership_recovered(
+    fresh_consul_agent: ConsulAgent, leading: tuple[Election, StopToken]
+) -> None:
+    election, token = leading
+    fresh_consul_agent.restart()  # a dev agent forgets every session and key
+    assert token.wait(TTL), "the old term ends: its session is gone"
+    assert election.wait_for_leadership(30)
+    assert election.token is not token
 
 
 def test_forked_child_does_not_run_as_leader(consul_agent: ConsulAgent, key_prefix: str) -> None:
@@ -218,22 +216,13 @@ def test_forked_child_does_not_run_as_leader(consul_agent: ConsulAgent, key_pref
         assert job() == f"ran in {os.getpid()}"
         parent_token = job.election.token
         assert parent_token is not None
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            try:
-                result = {
-                    "inherited_token_stopped": parent_token.stopped,
-                    "call": job(),
-                    "holder": job.election.holder,
-                }
-                os.write(write_end, json.dumps(result).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end) as pipe:
-            result = json.loads(pipe.read() or "{}")
-        os.waitpid(pid, 0)
+        _, result = in_fork(
+            lambda: {
+                "inherited_token_stopped": parent_token.stopped,
+                "call": job(),
+                "holder": job.election.holder,
+            }
+        )
         assert result["inherited_token_stopped"] is True
         assert result["call"] == "skipped"
         assert result["holder"].endswith(f":{os.getpid()}")
