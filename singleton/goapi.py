@@ -37,8 +37,10 @@ How the Go parameters map
                                finished; ``stop_event`` is set when it must stop
 =============================  ===================================================================
 
-The lock-delay is Consul's default, 15 seconds, as the Go package's sessions had; ``lock_delay=``
-changes it. The session is created with ``behavior=release``.
+The lock-delay is Consul's default, 15 seconds, as the Go package's sessions had, raised (with a log
+line) to the smallest safe value when ``session_ttl`` needs more: the lock-delay must outlast the local
+lease (see :class:`~singleton.config.LeaseSpec`). ``lock_delay=`` sets it; a value too short for the
+lease is refused. The session is created with ``behavior=release``.
 
 What happens when
 -----------------
@@ -88,8 +90,16 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from singleton.config import DEFAULT_LOCK_DELAY, LeaseSpec, Settings, check_range, holder_identity, validate_key
-from singleton.election import Election, Elector
+from singleton.config import (
+    DEFAULT_LOCK_DELAY,
+    LeaseOverrides,
+    LeaseSpec,
+    Settings,
+    check_range,
+    holder_identity,
+    validate_key,
+)
+from singleton.election import AcquireOutcome, Election, Elector
 from singleton.errors import ConfigurationError, LeadershipLost
 from singleton.token import StopToken
 
@@ -99,8 +109,6 @@ _log = logging.getLogger("singleton.goapi")
 
 #: How long the job gets to return after stop_event is set, by default.
 DEFAULT_GRACE = 5.0
-#: How often a caller with ``exit_on_lock_found`` looks at the key's holder (in memory, no I/O).
-_LOOK_INTERVAL = 0.1
 
 
 class DoJob(Protocol):
@@ -153,14 +161,6 @@ def _check_client(client: object) -> None:
             )
 
 
-def _held_elsewhere(election: Election) -> str | None:
-    """The other holder (hostname:pid, or its session), when the last look found one."""
-    status = election.status()
-    if status.holder_session is not None and status.holder_session != status.session:
-        return status.holder or f"session {status.holder_session}"
-    return None
-
-
 def maybe_acquire_leadership(
     client: Any,
     leader_key: str,
@@ -170,7 +170,7 @@ def maybe_acquire_leadership(
     exit_on_lock_found: bool,
     job: DoJob | Callable[[threading.Event, threading.Event], object],
     *,
-    lock_delay: float = DEFAULT_LOCK_DELAY,
+    lock_delay: float | None = None,
     grace: float = DEFAULT_GRACE,
 ) -> LeadershipOutcome:
     """Acquire ``leader_key`` and run ``job`` while holding it: Go's ``election_api.MaybeAcquireLeadership``.
@@ -187,13 +187,12 @@ def maybe_acquire_leadership(
         raise ConfigurationError(f"leader_key must be a string, got {leader_key!r}")
     key = validate_key(leader_key.lstrip("/") or leader_key, "leader_key")
     interval = check_range("leadership_check_interval", leadership_check_interval, 1.0, 600.0)
-    ttl = check_range("session_ttl", session_ttl, 10.0, 86400.0)
     if not isinstance(session_name, str) or len(session_name) > 512:
         raise ConfigurationError(f"session_name must be a string of at most 512 characters, got {session_name!r}")
     if not isinstance(exit_on_lock_found, bool):
         raise ConfigurationError(f"exit_on_lock_found must be True or False, got {exit_on_lock_found!r}")
     run_job = _job_callable(job)
-    lease = LeaseSpec(ttl=ttl, lock_delay=check_range("lock_delay", lock_delay, 0.0, 60.0))
+    lease = _lease(session_ttl, lock_delay)
     grace = check_range("grace", grace, 0.0, 3600.0)
     settings = Settings(
         lease=lease,
@@ -251,21 +250,43 @@ def maybe_acquire_leadership(
     return outcome
 
 
+def _lease(session_ttl: object, lock_delay: object) -> LeaseSpec:
+    """The lease of Go's session: ``session_ttl``, and Consul's default lock-delay (15 s) unless given.
+
+    The default is raised, with a log line, when the lease needs a longer one (see LeaseSpec); a
+    ``lock_delay`` given too short is refused.
+    """
+    names = {"ttl": "session_ttl"}
+    if lock_delay is not None:
+        overrides = LeaseOverrides.checked(ttl=session_ttl, lock_delay=lock_delay, names=names)
+        return Settings().lease.derive(overrides)
+    spec = Settings().lease.derive(LeaseOverrides.checked(ttl=session_ttl, names=names))
+    if spec.lock_delay is not None and spec.lock_delay > DEFAULT_LOCK_DELAY:
+        _log.info(
+            "session_ttl=%g: the lock-delay is %gs instead of Consul's default %gs, so that it outlasts the "
+            "local lease (%gs) when Consul ends the session early",
+            spec.ttl,
+            spec.lock_delay,
+            DEFAULT_LOCK_DELAY,
+            spec.lease,
+        )
+    return spec
+
+
 def _campaign(election: Election, exit_on_lock_found: bool) -> StopToken | None:
-    """This term's token once leading; None when ``exit_on_lock_found`` and another process holds the key."""
+    """This term's token once leading; None when ``exit_on_lock_found`` and another process holds the key.
+
+    Consul errors are retried for as long as it takes, as the Go function did.
+    """
     while True:
-        if exit_on_lock_found:
-            if election.wait_settled(0) and not election.is_leader:
-                holder = _held_elsewhere(election)
-                if holder is not None:
-                    _log.info("%r is held by %s: not running the job (exit_on_lock_found)", election.key, holder)
-                    return None
-            election.wait_for_leadership(_LOOK_INTERVAL)
-        else:
-            election.wait_for_leadership(None)
-        token = election.token
-        if token is not None:
-            return token
+        result = election.acquire(0 if exit_on_lock_found else None, give_up_on_error=False)
+        if result.outcome is AcquireOutcome.LEADER:
+            return result.token
+        if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
+            _log.info("%r is held by %s: not running the job (exit_on_lock_found)", election.key, result.holder)
+            return None
+        if result.outcome is AcquireOutcome.CLOSED:
+            raise LeadershipLost(election.key, result.reason or "the election was closed")
 
 
 def _watch(

@@ -36,7 +36,13 @@ def client_for(agent: ConsulAgent) -> Any:
 
 
 def holding_elector(agent: ConsulAgent, key: str) -> Elector:
-    elector = Elector(Settings(consul=agent.settings(), lease=LeaseSpec(ttl=TTL, lock_delay=1), identity="web-1:4242"))
+    elector = Elector(
+        Settings(
+            consul=agent.settings(),
+            lease=LeaseSpec(ttl=TTL, lock_delay=LeaseSpec(ttl=TTL).min_lock_delay),
+            identity="web-1:4242",
+        )
+    )
     assert elector.register(key).wait_for_leadership(10)
     return elector
 

@@ -156,7 +156,11 @@ class ConsulBackend(Backend):
             # No health checks: with the node's serfHealth a session could be invalidated before its
             # TTL (a node seen as failed), and the holder's lease would no longer end first.
             session_id = self._client().session.create(
-                name=name, ttl=round(ttl), lock_delay=round(lock_delay), behavior="release", checks=[]
+                name=name,
+                ttl=ttl,
+                lock_delay=lock_delay,
+                behavior="release",
+                checks=[],  # "8.5s": exact
             )
         return str(session_id)
 
