@@ -30,6 +30,20 @@ _log = logging.getLogger("singleton")
 class Attachment:
     """``key``'s election in ``elector`` (None: the process-wide one), bound on first use."""
 
+    __slots__ = (
+        "__weakref__",
+        "_elector",
+        "_lock",
+        "_singleton_fork_callback",
+        "campaign",
+        "election",
+        "error",
+        "key",
+        "overrides",
+        "owner",
+        "unavailable",
+    )
+
     def __init__(self, key: str, overrides: LeaseOverrides, elector: Elector | None, *, owner: str) -> None:
         self.key = key
         self.overrides = overrides

@@ -71,6 +71,41 @@ _GRACEFUL = frozenset({StopCause.RESIGNED, StopCause.SHUTDOWN})
 class Campaign:
     """The campaign for one key, under the session of its lease group (see the module docstring)."""
 
+    # Slots: the call path reads ``token`` and ``bodies`` on every decorated call.
+    __slots__ = (
+        "_clock",
+        "_denied",
+        "_errors",
+        "_holder_lock_delay",
+        "_notify",
+        "_race",
+        "_recheck",
+        "_released_at",
+        "_released_lock_delay",
+        "_rlog",
+        "_wall",
+        "backend",
+        "bodies",
+        "due",
+        "error",
+        "full_key",
+        "held_by",
+        "holder",
+        "holder_session",
+        "identity",
+        "keeper",
+        "key",
+        "last_error",
+        "listeners",
+        "owner",
+        "phase",
+        "reason",
+        "seen_index",
+        "settled",
+        "spec",
+        "token",
+    )
+
     def __init__(
         self,
         key: str,

@@ -204,15 +204,17 @@ class LeaderOnlyHandle:
 
         :raises ConfigurationError: a bad setting.
         """
-        election = self._attachment.election
-        if election is None or election.elector.closed:
+        attachment = self._attachment
+        election = attachment.election
+        if election is None or election.elector._closed:
             election = self._attach()
             if election is None:
                 self.skipped += 1
                 self._last_skipped = None
                 return None
-        token = election.token
-        if token is not None:
+        campaign = attachment.campaign
+        token = None if campaign is None else campaign.token
+        if token is not None and not token.stopped:
             return token
         self.skipped += 1
         self._last_skipped = election
