@@ -441,8 +441,10 @@ class HttpClient:
     def _read_body(self, response: http.client.HTTPResponse) -> bytes:
         length = response.length
         limit = self.max_answer_bytes
-        if length is not None and length > limit:
-            raise _TooLarge(length)
+        if length is not None:
+            if length > limit:
+                raise _TooLarge(length)
+            return response.read()  # into one buffer of that length
         data = bytearray()
         while True:
             piece = response.read(_PIECE)
