@@ -110,6 +110,18 @@ def validate_key(key: object, name: str = "key") -> str:
     return key
 
 
+def _token_problem(token: object) -> str | None:
+    """What is wrong with an ACL token, in words that never include the token itself."""
+    if not isinstance(token, str):
+        return f"must be a string, got a value of type {type(token).__name__}"
+    if any(not (32 <= ord(ch) < 127) for ch in token):
+        return (
+            "must be printable ASCII on one line: it contains a newline, a control character or a non-ASCII "
+            "character (a token file with a second line?); the token is not shown"
+        )
+    return None
+
+
 def _prefix(value: object) -> str:
     if value in (None, ""):
         return ""
@@ -172,10 +184,15 @@ class ConsulSettings:
                 "client_cert and client_key (CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY) must be given together"
             )
         object.__setattr__(self, "timeout", check_range("timeout", self.timeout, 0.1, 300.0))
+        if self.token is not None:
+            problem = _token_problem(self.token)
+            if problem:
+                raise ConfigurationError(f"token {problem}")
 
     @property
     def address(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address, as in a URL
+        return f"{self.scheme}://{host}:{self.port}"
 
     def __repr__(self) -> str:
         token = "'<hidden>'" if self.token else "None"
@@ -204,17 +221,24 @@ class ConsulSettings:
             scheme = "https" if _flag("CONSUL_HTTP_SSL", env["CONSUL_HTTP_SSL"]) else "http"
         if scheme:
             values["scheme"] = scheme
+        # Surrounding whitespace (a token file's trailing newline) is dropped, as the consul CLI does;
+        # anything else that cannot go into an HTTP header is refused, without printing the token.
         if env.get("CONSUL_HTTP_TOKEN"):
-            values["token"] = env["CONSUL_HTTP_TOKEN"].strip()
+            values["token"] = env["CONSUL_HTTP_TOKEN"].strip() or None
+            problem = _token_problem(values["token"] or "")
+            if problem:
+                raise ConfigurationError(f"CONSUL_HTTP_TOKEN {problem}")
         elif env.get("CONSUL_HTTP_TOKEN_FILE"):
             path = env["CONSUL_HTTP_TOKEN_FILE"]
             try:
                 with open(path, encoding="utf-8") as handle:
                     values["token"] = handle.read().strip() or None
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"CONSUL_HTTP_TOKEN_FILE={path} cannot be read: {exc.strerror or exc}"
-                ) from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                cause = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+                raise ConfigurationError(f"CONSUL_HTTP_TOKEN_FILE={path} cannot be read: {cause or exc}") from exc
+            problem = _token_problem(values["token"] or "")
+            if problem:
+                raise ConfigurationError(f"the token in CONSUL_HTTP_TOKEN_FILE={path} {problem}")
         for name, variable in (
             ("ca_cert", "CONSUL_CACERT"),
             ("client_cert", "CONSUL_CLIENT_CERT"),

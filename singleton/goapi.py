@@ -18,8 +18,10 @@
 How the Go parameters map
 -------------------------
 =============================  ===================================================================
-``client``                     a ``consul.Consul`` of py-consul, or of python-consul2 (same calls),
-                               used as it is from the engine's threads
+``client``                     a ``consul.Consul`` of py-consul or of python-consul2: its connection
+                               settings are used (address, scheme, ACL token, datacenter, TLS CA
+                               bundle, client certificate, verification), not the client object;
+                               the engine talks to Consul through its own HTTP client
 ``leader_key``                 the key to lock, used as given (a leading ``/`` is dropped, as the
                                Go client does); its value is ``hostname:pid``
 ``leadership_check_interval``  Go polled the key every interval; here changes arrive at once
@@ -78,8 +80,8 @@ Differences from Go, on purpose
 
 * Go called ``os.Exit(0)`` when the lock was found with ``exitOnLockFound``; this returns
   ``LOCK_FOUND`` (``sys.exit(0)`` on it does what Go did).
-* python-consul2 has one HTTP timeout for every call, blocking queries included: give its client
-  ``timeout=None`` (its default) or more than ``leadership_check_interval`` seconds.
+* The client's own HTTP timeout is not used: every call gets the library's deadline (5 s, and a
+  blocking query its wait plus that), so a hung agent cannot stall the engine.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ from typing import Any, Protocol, cast
 
 from singleton.config import (
     DEFAULT_LOCK_DELAY,
+    ConsulSettings,
     LeaseOverrides,
     LeaseSpec,
     Settings,
@@ -161,6 +164,47 @@ def _check_client(client: object) -> None:
             )
 
 
+def _settings_from_client(client: Any) -> ConsulSettings:
+    """The connection settings of a ``consul.Consul`` (py-consul or python-consul2), read off it and its ``.http``.
+
+    Both keep ``host``, ``port``, ``scheme``, ``verify`` (a bool, or the path of a CA bundle) and
+    ``cert`` (a path, or a ``(cert, key)`` pair) on ``.http``, and ``token`` and ``dc`` on the client.
+    """
+    http = getattr(client, "http", None)
+    host, port = getattr(http, "host", None), getattr(http, "port", None)
+    if not isinstance(host, str) or not host or isinstance(port, bool) or not isinstance(port, (int, str)):
+        raise ConfigurationError(
+            "client must be a consul.Consul client (py-consul, or python-consul2) whose .http has host and port, "
+            f"got {type(client).__name__}"
+        )
+    try:
+        port = int(port)
+    except ValueError as exc:
+        raise ConfigurationError(f"the client's port must be a number, got {port!r}") from exc
+    scheme = str(getattr(http, "scheme", None) or getattr(client, "scheme", None) or "http").lower()
+    verify = getattr(http, "verify", True)
+    cert = getattr(http, "cert", None)
+    ca_cert = verify if isinstance(verify, str) and verify else None
+    client_cert = client_key = None
+    if isinstance(cert, (tuple, list)) and len(cert) == 2:
+        client_cert, client_key = str(cert[0]), str(cert[1])
+    elif isinstance(cert, str) and cert:
+        client_cert = client_key = cert  # one PEM file holding both, as requests takes it
+    token = getattr(client, "token", None)
+    dc = getattr(client, "dc", None)
+    return ConsulSettings(
+        host=host.strip("[]"),
+        port=port,
+        scheme=scheme,
+        token=token or None,
+        ca_cert=ca_cert,
+        client_cert=client_cert,
+        client_key=client_key,
+        verify=verify is not False,
+        datacenter=str(dc) if dc else None,
+    )
+
+
 def maybe_acquire_leadership(
     client: Any,
     leader_key: str,
@@ -183,6 +227,7 @@ def maybe_acquire_leadership(
     :raises BaseException: whatever ``job`` raised, after the key was released.
     """
     _check_client(client)
+    consul_settings = _settings_from_client(client)
     if not isinstance(leader_key, str):
         raise ConfigurationError(f"leader_key must be a string, got {leader_key!r}")
     key = validate_key(leader_key.lstrip("/") or leader_key, "leader_key")
@@ -195,15 +240,16 @@ def maybe_acquire_leadership(
     lease = _lease(session_ttl, lock_delay)
     grace = check_range("grace", grace, 0.0, 3600.0)
     settings = Settings(
+        consul=consul_settings,
         lease=lease,
         watch_wait=interval,
         identity=holder_identity(),
         session_name=session_name or None,
         shutdown_grace=grace,
     )
-    from singleton.backends.consul import ConsulBackend  # here: importing singleton stays free of py-consul
+    from singleton.backends.consul import ConsulBackend
 
-    elector = Elector(settings, backend=ConsulBackend(client=client), name="singleton-goapi")
+    elector = Elector(settings, backend=ConsulBackend(consul_settings), name="singleton-goapi")
     wake = threading.Event()
     stop_event = threading.Event()
     done_event = _DoneEvent(wake)
