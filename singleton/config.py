@@ -94,26 +94,94 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {value!r}")
 
 
+#: The longest key accepted, prefix included, in bytes of UTF-8. Consul 1.8 sets no limit of its own:
+#: its HTTP server refuses a request line over about 1 MB, and a key travels percent-encoded (up to
+#: three bytes per byte) in the URL of every call, in ACL rules and in log lines. 512 bytes keeps all
+#: of them small.
+KEY_MAX_BYTES = 512
+#: The file backend names two files after each key (``<percent-encoded key>.lock``, ``.json``); a
+#: file name has at most 255 bytes on Linux and macOS.
+FILE_KEY_MAX_ENCODED = 250
+#: Characters that URLs give a meaning to: a client or proxy that does not escape them asks for another key.
+_URL_RESERVED = "?#%\\"
+
+
+def _shown(value: str) -> str:
+    """``repr`` of a key for an error message, shortened when long (a key may be up to 1 MB of junk)."""
+    if len(value) <= 80:
+        return repr(value)
+    return f"{value[:60]!r}... ({len(value.encode('utf-8', 'replace'))} bytes)"
+
+
+def _key_problem(key: str) -> str | None:
+    """What is wrong with ``key`` as a Consul key that this library can use, or None.
+
+    The rules keep a key the same on every path it takes: Consul's HTTP server cleans the URL path
+    (``a/./b`` and ``a//b`` become ``a/b``, ``a/../b`` becomes ``b``, ``..`` leaves nothing), so such
+    keys would be stored under another name, and under a key prefix they would escape it.
+    """
+    if not key:
+        return "must be a non-empty Consul key such as 'reports/nightly'"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (Consul stores keys as UTF-8; this one has a lone surrogate)"
+    if re.search(r"\s", key) or not key.isprintable():
+        return "must not contain whitespace or unprintable (control, formatting) characters"
+    if key.startswith("/"):
+        return f"must not start with '/': Consul keys are relative (use {key.lstrip('/')!r})"
+    if key.endswith("/"):
+        return "must not end with '/': that names a folder of keys, not a key"
+    segments = key.split("/")
+    if "" in segments:
+        return "must not contain an empty segment ('//'): Consul's HTTP server would store one '/' instead"
+    if "." in segments or ".." in segments:
+        return (
+            "must not contain a '.' or '..' segment: Consul's HTTP server would resolve it and store the "
+            "key under another name (a/../b is b)"
+        )
+    reserved = sorted({c for c in key if c in _URL_RESERVED})
+    if reserved:
+        listed = " ".join(repr(c) for c in reserved)
+        return (
+            f"must not contain {listed}: URLs give these characters a meaning, and a client or proxy that "
+            "does not escape them asks for another key"
+        )
+    if size > KEY_MAX_BYTES:
+        return f"must be at most {KEY_MAX_BYTES} bytes of UTF-8 (this one has {size})"
+    return None
+
+
 def validate_key(key: object, name: str = "key") -> str:
-    """A Consul KV key as given by a user: non-empty, no leading ``/``, no whitespace or control characters."""
+    """A Consul KV key as given by a user: one that Consul stores, lists and watches under this very name.
+
+    Segments separated by ``/``, none of them empty, ``.`` or ``..``; no leading or trailing ``/``;
+    printable text without whitespace; none of ``? # % \\``; at most :data:`KEY_MAX_BYTES` bytes.
+
+    :raises ConfigurationError: naming ``name`` and the rule broken.
+    """
     if not isinstance(key, str):
         raise ConfigurationError(f"{name} must be a string, got {key!r}")
-    if not key or not key.strip("/"):
-        raise ConfigurationError(f"{name} must be a non-empty Consul key such as 'reports/nightly', got {key!r}")
-    if key.startswith("/"):
-        raise ConfigurationError(
-            f"{name} must not start with '/': Consul keys are relative (use {key.lstrip('/')!r}), got {key!r}"
-        )
-    if re.search(r"[\s\x00-\x1f\x7f]", key):
-        raise ConfigurationError(f"{name} must not contain whitespace or control characters, got {key!r}")
+    problem = _key_problem(key)
+    if problem is not None:
+        raise ConfigurationError(f"{name} {problem}, got {_shown(key)}")
     return key
 
 
 def _prefix(value: object) -> str:
-    if value in (None, ""):
+    """The key prefix with its one trailing ``/`` (a prefix watch matches keys by string prefix)."""
+    if value is None or value == "":
         return ""
-    prefix = validate_key(value, "key_prefix")
-    return prefix if prefix.endswith("/") else prefix + "/"
+    if not isinstance(value, str):
+        raise ConfigurationError(f"key_prefix must be a string such as 'myapp/', got {value!r}")
+    body = value[:-1] if value.endswith("/") else value
+    problem = _key_problem(body)
+    if problem is not None:
+        problem = problem.replace(
+            "must not end with '/': that names a folder of keys, not a key", "must end in one '/'"
+        )
+        raise ConfigurationError(f"key_prefix {problem}, got {_shown(value)}")
+    return body + "/"
 
 
 def parse_address(address: str, name: str = "CONSUL_HTTP_ADDR") -> tuple[str, str, int]:
@@ -314,7 +382,25 @@ class Settings:
             raise ConfigurationError(f"identity must be 1 to 512 characters, got {self.identity!r}")
 
     def full_key(self, key: str) -> str:
-        return self.key_prefix + validate_key(key)
+        """``key_prefix + key``, both checked, and short enough for Consul (and for file names).
+
+        :raises ConfigurationError: naming the rule broken (see :func:`validate_key`).
+        """
+        full = self.key_prefix + validate_key(key)
+        size = len(full.encode("utf-8"))
+        if size > KEY_MAX_BYTES:
+            raise ConfigurationError(
+                f"key_prefix + key must be at most {KEY_MAX_BYTES} bytes of UTF-8 (this one has {size}), "
+                f"got {_shown(full)}"
+            )
+        if self.backend.startswith("file:"):
+            encoded = len(urllib.parse.quote(full, safe=""))
+            if encoded > FILE_KEY_MAX_ENCODED:
+                raise ConfigurationError(
+                    f"key_prefix + key must be at most {FILE_KEY_MAX_ENCODED} characters once percent-encoded "
+                    f"with the file backend, which names a file after it (this one has {encoded}), got {_shown(full)}"
+                )
+        return full
 
     def lease_for(
         self, ttl: float | None = None, lock_delay: float | None = None, margin: float | None = None
