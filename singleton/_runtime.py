@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from singleton.config import Settings
+from singleton.config import Settings, require_settings
 from singleton.election import Elector
 from singleton.errors import ConfigurationError, SingletonError
 
@@ -55,6 +55,8 @@ def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
                 "configure() must come before the first leader-only call; the election engine is already "
                 "running (call singleton.shutdown() first to reconfigure)"
             )
+        if settings is not None:
+            settings = require_settings(settings)
         if settings is not None and overrides:
             settings = Settings.from_env(**{**_as_overrides(settings), **overrides})
         _settings = settings if settings is not None else Settings.from_env(**overrides)

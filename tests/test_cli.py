@@ -490,3 +490,26 @@ def test_an_acl_denial_is_one_line_naming_the_rule_needed(consul_binary: str, tm
         assert cli("run", "--key", "reports/nightly", "--", "true", env=env).returncode == 0
     finally:
         agent.stop()
+
+
+@pytest.mark.consul
+def test_an_ipv6_address_in_brackets_reaches_the_agent(consul_binary: str, tmp_path: Path) -> None:
+    """``[::1]:8500`` and ``http://[::1]:8500``, as the consul CLI takes them in CONSUL_HTTP_ADDR."""
+    agent = ConsulAgent(consul_binary, workdir=tmp_path / "v6", extra_args=["-client=127.0.0.1 ::1"]).start()
+    try:
+        bracketed, with_scheme = f"[::1]:{agent.http_port}", f"http://[::1]:{agent.http_port}"
+        marker = tmp_path / "ran"
+        command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+        result = cli("run", "--key", "v6/job", "--no-wait", *command, address=bracketed)
+        assert result.returncode == 0, result.stderr
+        assert marker.exists()
+        result = cli("status", "v6/job", address=with_scheme)
+        assert result.returncode == 1, result.stderr
+        assert "free (last held by" in result.stdout
+        settings = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": bracketed})
+        with ConsulBackend(settings) as backend:
+            _, entry = backend.read("v6/job")
+        assert entry is not None
+        assert backend.description == f"consul at http://[::1]:{agent.http_port}"
+    finally:
+        agent.stop()

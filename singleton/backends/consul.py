@@ -29,7 +29,7 @@ import consul
 import requests
 
 from singleton.backends.base import Acquisition, Backend, KeyInfo, SessionInfo
-from singleton.config import ConsulSettings
+from singleton.config import ConsulSettings, url_host
 from singleton.errors import AccessDenied, BackendError, BackendUnavailable, SessionInvalidated
 
 __all__ = ["ConsulBackend"]
@@ -104,7 +104,7 @@ class ConsulBackend(Backend):
             verify: bool | str = s.ca_cert if (s.verify and s.ca_cert) else s.verify
             cert = (s.client_cert, s.client_key) if s.client_cert else None
             client = consul.Consul(
-                host=s.host,
+                host=url_host(s.host),  # py-consul writes f"{scheme}://{host}:{port}": IPv6 needs its brackets
                 port=s.port,
                 scheme=s.scheme,
                 token=s.token,

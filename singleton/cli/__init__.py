@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         type=address_option,
         metavar="HOST:PORT",
-        help="the agent's HTTP API: host:port or http(s)://host:port (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500)",
+        help="the agent's HTTP API: host:port, [ipv6]:port or http(s)://host:port (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500)",
     )
     consul.add_argument(
         "--token", metavar="TOKEN", help="ACL token (default: CONSUL_HTTP_TOKEN; visible to `ps`: prefer --token-file)"
