@@ -51,6 +51,7 @@ from singleton.cli._common import (
     Output,
     Parser,
     address_option,
+    one_line,
     seconds_option,
 )
 from singleton.cli._run import DEFAULT_KILL_GRACE, KILL_SAFETY, KillPlan, cmd_run, kill_deadline
@@ -214,16 +215,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             prog = exc.prog or prog
             message = f"{prog}: error: {exc.message}" if exc.error else f"{prog}: {exc.message}"
             with contextlib.suppress(OSError, ValueError):
-                print(" ".join(message.split()), file=err_stream, flush=True)
+                print(one_line(message), file=err_stream, flush=True)
         return exc.code
     except ConfigurationError as exc:
-        print(f"{prog}: error: {exc}", file=err_stream, flush=True)
+        print(one_line(f"{prog}: error: {exc}"), file=err_stream, flush=True)
         return EXIT_USAGE
     except BackendError as exc:
-        print(f"{prog}: error: {exc}", file=err_stream, flush=True)
+        print(one_line(f"{prog}: error: {exc}"), file=err_stream, flush=True)
         return EXIT_UNAVAILABLE
     except SingletonError as exc:
-        print(f"{prog}: error: {exc}", file=err_stream, flush=True)
+        print(one_line(f"{prog}: error: {exc}"), file=err_stream, flush=True)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

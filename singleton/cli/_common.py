@@ -48,6 +48,29 @@ environment:
 # -- errors and messages --------------------------------------------------------------------------
 
 
+def escape(char: str) -> str:
+    """One character as a Python string escape (``\\x1b``, ``\\n``, ``\\u202e``, ``\\\\``)."""
+    if char == "\\":
+        return "\\\\"
+    if char in "\n\r\t":
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}[char]
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line for a terminal: whitespace runs as one space, anything unprintable escaped.
+
+    Messages quote what Consul said or holds (a holder's value, an error body), which whoever can
+    write the key or answer for the agent chose: an escape sequence must not reach the terminal.
+    """
+    return "".join(c if c.isprintable() else escape(c) for c in " ".join(text.split()))
+
+
 class Exit(Exception):
     """Ends the command with ``code`` after printing ``message`` (one line) on stderr.
 
@@ -83,7 +106,7 @@ class Output:
 
     def _write(self, message: str) -> None:
         with contextlib.suppress(OSError, ValueError):
-            print(f"{self.prog}: {' '.join(message.split())}", file=self.stream, flush=True)
+            print(f"{self.prog}: {one_line(message)}", file=self.stream, flush=True)
 
 
 class Gate(logging.Filter):
@@ -97,12 +120,19 @@ class Gate(logging.Filter):
         return self.open
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records as one line each, escaped as :func:`one_line` does (they quote Consul's answers)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
 @contextlib.contextmanager
 def engine_logging(out: Output) -> Iterator[Gate]:
     """Route the ``singleton`` loggers to stderr for the duration of a command, behind a gate."""
     gate = Gate()
     handler = logging.StreamHandler(out.stream)
-    handler.setFormatter(logging.Formatter(f"{out.prog}: %(message)s"))
+    handler.setFormatter(_OneLineFormatter(f"{out.prog}: %(message)s"))
     handler.addFilter(gate)
     level = logging.INFO if out.verbosity > 0 else logging.ERROR if out.verbosity < 0 else logging.WARNING
     handler.setLevel(level)
