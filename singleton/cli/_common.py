@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TextIO
 
+from singleton._text import one_line
 from singleton.config import Settings, check_range, parse_address
 from singleton.election import ElectionStatus
 from singleton.errors import AccessDenied, BackendUnavailable, ConfigurationError
@@ -31,7 +32,8 @@ exit codes:
   1      status: a key named is free (without keys: none is held)
   64     bad arguments or settings
   69     Consul unreachable, or an ACL denied a call
-  75     run --no-wait / --wait S: another process holds the key
+  0      run --no-wait / --wait S: another process holds the key (it runs the command there)
+  75     run --fail-if-held: another process holds the key; --wait S: the key was not acquired in time
   76     run: the lock was lost while the command ran; it was stopped
   126    run: the command could not be executed
   127    run: the command was not found
@@ -48,42 +50,36 @@ environment:
 # -- errors and messages --------------------------------------------------------------------------
 
 
-def escape(char: str) -> str:
-    """One character as a Python string escape (``\\x1b``, ``\\n``, ``\\u202e``, ``\\\\``)."""
-    if char == "\\":
-        return "\\\\"
-    if char in "\n\r\t":
-        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}[char]
-    code = ord(char)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def one_line(text: str) -> str:
-    """``text`` as one line for a terminal: whitespace runs as one space, anything unprintable escaped.
-
-    Messages quote what Consul said or holds (a holder's value, an error body), which whoever can
-    write the key or answer for the agent chose: an escape sequence must not reach the terminal.
-    """
-    return "".join(c if c.isprintable() else escape(c) for c in " ".join(text.split()))
-
-
 class Exit(Exception):
     """Ends the command with ``code`` after printing ``message`` (one line) on stderr.
 
     An ``error`` is always printed, as ``<prog>: error: <message>``; otherwise the message is an
-    outcome (``<prog>: <message>``) that ``-q`` silences.
+    outcome (``<prog>: <message>``) that ``-q`` silences, or with ``detail`` one shown only with ``-v``.
     """
 
-    def __init__(self, code: int, message: str | None = None, *, error: bool = True, prog: str | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str | None = None,
+        *,
+        error: bool = True,
+        detail: bool = False,
+        prog: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.error = error
+        self.detail = detail
         self.prog = prog
+
+    def shown(self, verbosity: int) -> bool:
+        """Whether the message is printed at ``verbosity`` (-1 with ``-q``, 0 by default, 1 with ``-v``)."""
+        if not self.message:
+            return False
+        if self.error:
+            return True
+        return verbosity > 0 if self.detail else verbosity >= 0
 
 
 class Output:

@@ -5,8 +5,10 @@
 2. The first acquisition attempt decides whether Consul can be used at all: an unreachable agent or an
    ACL denial ends the run with exit 69 and one line saying why; the command is not started.
 3. Waits for the lock: for ever by default, up to ``--wait S``, or not at all with ``--no-wait``
-   (exit 75 as soon as another process is seen holding the key; a key that is free but still inside a
-   lock-delay is waited for, at most the lock-delay).
+   (a key that is free but still inside a lock-delay is waited for, at most the lock-delay). When it
+   gives up because another process holds the key, that process runs the command: the exit code is 0
+   and the reason is printed only with ``-v`` (cron mails nothing from the hosts that skip), or 75 and
+   the reason with ``--fail-if-held``. Not acquired within ``--wait S`` for another reason: 75.
 4. Starts the command in a session of its own (``setsid``), so that signals reach every process of it
    and none outlives a lost lock, with ``SINGLETON_LOCK_KEY``, ``SINGLETON_LOCK_FENCE`` (the fencing
    index of this term) and ``SINGLETON_LOCK_SESSION`` in its environment.
@@ -63,7 +65,7 @@ from singleton.cli._common import (
 from singleton.config import LOCK_DELAY_MAX, LeaseSpec, Settings
 from singleton.election import Election, ElectionStatus, Elector
 from singleton.errors import BackendError
-from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_UNAVAILABLE, EXIT_USAGE
+from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.token import StopCause, StopToken
 
 __all__ = ["DEFAULT_KILL_GRACE", "KILL_SAFETY", "KillPlan", "cmd_run", "kill_deadline"]
@@ -314,12 +316,7 @@ class _Run:
                     )
             if settled and other:
                 if self.args.no_wait:
-                    raise Exit(
-                        EXIT_HELD_ELSEWHERE,
-                        f"{self.args.key!r} is held by {status.holder or 'another session'}; "
-                        "not running the command (--no-wait)",
-                        error=False,
-                    )
+                    raise self._held_elsewhere(status.holder, "--no-wait")
                 if not announced:
                     self.out.detail(f"waiting for {self.args.key!r}, held by {status.holder or 'another session'}")
                     announced = True
@@ -332,8 +329,20 @@ class _Run:
         why = failing(status)
         if why is not None:
             raise attempt_failed(self.args.key, why)
-        holder = f"held by {status.holder}" if held_elsewhere and status.holder else (status.reason or "not acquired")
-        raise Exit(EXIT_HELD_ELSEWHERE, f"{self.args.key!r} not acquired ({waited}): {holder}", error=False)
+        if held_elsewhere:
+            raise self._held_elsewhere(status.holder, waited)
+        raise Exit(
+            EXIT_HELD_ELSEWHERE,
+            f"{self.args.key!r} not acquired ({waited}): {status.reason or 'not acquired'}",
+            error=False,
+        )
+
+    def _held_elsewhere(self, holder: str | None, waited: str) -> Exit:
+        """Another process holds the key, so it runs the command: exit 0 quietly, or 75 with --fail-if-held."""
+        message = f"{self.args.key!r} is held by {holder or 'another session'}; not running the command here ({waited})"
+        if self.args.fail_if_held:
+            return Exit(EXIT_HELD_ELSEWHERE, message, error=False)
+        return Exit(EXIT_OK, message, error=False, detail=True)
 
     # -- supervising ----------------------------------------------------------------------------
 

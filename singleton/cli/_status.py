@@ -22,8 +22,9 @@ import json
 import time
 from typing import Any, TextIO
 
+from singleton._text import escape
 from singleton.backends import KeyInfo, SessionInfo, create_backend
-from singleton.cli._common import EXIT_FREE, escape, settings_from, unavailable
+from singleton.cli._common import EXIT_FREE, settings_from, unavailable
 from singleton.errors import AccessDenied, BackendError
 from singleton.exitcodes import EXIT_OK
 

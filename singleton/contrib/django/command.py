@@ -34,10 +34,12 @@ own code; the lock is released as soon as it finishes, so the next run elsewhere
 TTL. Inside ``handle()``, :func:`singleton.current_token` is the term's
 :class:`~singleton.token.StopToken`.
 
-*Another process holds it.* ``handle()`` does not run. One line on stderr names the holder
-(``hostname:pid``; not printed with ``-v 0``) and the exit code is 0 (``EXIT_OK``), or 75
-(``EXIT_HELD_ELSEWHERE``) with ``--leader-fail-if-held``, for cron monitoring. With ``--leader-wait``
-the command waits that long for the lock first. A key that is free but inside a lock-delay (its last
+*Another process holds it.* That process runs it: ``handle()`` does not run here, and the exit code is
+0 (``EXIT_OK``) with nothing printed, so that cron on every host mails nothing from the hosts that skip
+(``-v 2`` prints one line on stderr naming the holder, ``hostname:pid``). With ``--leader-fail-if-held``
+the exit code is 75 (``EXIT_HELD_ELSEWHERE``), for monitoring, and the line is printed (``-v 0`` hides
+it). The same rule as ``singleton run --no-wait`` and ``--fail-if-held``. With ``--leader-wait`` the
+command waits that long for the lock first. A key that is free but inside a lock-delay (its last
 holder died) is waited for in any case: the delay ends within 60 s and then one process gets it.
 
 *Consul cannot be reached, or refuses us (ACL).* ``handle()`` does not run: a process that cannot prove
@@ -85,6 +87,7 @@ from django.core.management.base import (  # type: ignore[import-untyped, unused
     OutputWrapper,
 )
 
+from singleton._text import one_line
 from singleton.config import LOCK_DELAY_MAX, TTL_MAX, TTL_MIN, Settings, check_range, validate_key
 from singleton.contrib.django import conf
 from singleton.election import Election, Elector
@@ -153,7 +156,7 @@ class _NotRun:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return one_line(text)  # what Consul holds or said: escaped for the terminal
 
 
 def run_exclusively(
@@ -189,10 +192,11 @@ def run_exclusively(
                     returncode=EXIT_UNAVAILABLE,
                 )
             mine = " (another elector of this very process)" if outcome.holder == elector.identity else ""
-            message = f"{label}: not run here: the lock {full_key!r} is held by {outcome.holder}{mine}"
+            message = f"{label}: not run here: the lock {full_key!r} is held by {_one_line(outcome.holder)}{mine}"
+            # The holder runs it: quiet success, unless a failure code was asked for.
             if plan.fail_if_held:
                 raise CommandError(message, returncode=EXIT_HELD_ELSEWHERE)
-            if verbosity >= 1:
+            if verbosity >= 2:
                 stderr.write(message)
             return None
         return _run_body(election, outcome, body, full_key=full_key, label=label, stderr=stderr, verbosity=verbosity)
@@ -327,7 +331,8 @@ class LeaderOnlyCommand(BaseCommand):  # type: ignore[misc, unused-ignore]
         group.add_argument(
             "--leader-fail-if-held",
             action="store_true",
-            help=f"Exit with {EXIT_HELD_ELSEWHERE} instead of 0 when another process holds the lock.",
+            help=f"Exit with {EXIT_HELD_ELSEWHERE} instead of 0 (quietly) when another process holds the lock, "
+            "and say which.",
         )
         group.add_argument(
             "--no-leader",
