@@ -58,11 +58,11 @@ the next holder's. Any other exception of ``handle()`` propagates as usual (with
 *--no-leader.* The command runs here whatever Consul says (Consul is not contacted);
 :func:`singleton.current_token` is a token that never fires.
 
-*Bad options or settings* (``--leader-ttl 5``, ``--leader-key /x``): a CommandError names the option or
-setting and its allowed range, before anything runs; exit code 64 (``EXIT_USAGE``). A bad
-``settings.SINGLETON`` stops Django itself at startup when the app is installed (a ConfigurationError
-naming the key, from :meth:`~singleton.contrib.django.apps.SingletonConfig.ready`); without the app in
-``INSTALLED_APPS`` the command reports it with exit code 64.
+*Bad options or settings* (``--leader-ttl 5``, ``--leader-key /x``, a bad ``settings.SINGLETON``): a
+CommandError names the option or setting and its allowed range, before anything runs; exit code 64
+(``EXIT_USAGE``), one line, no traceback. Commands that do not take the lock are not stopped by a bad
+``settings.SINGLETON``: with the app installed, Django's system checks list it as the warning
+``singleton.W001`` (see :mod:`singleton.contrib.django.apps`).
 
 Called with :func:`django.core.management.call_command`, the same outcomes raise ``CommandError`` with
 ``returncode`` set (a lock held elsewhere returns None, unless ``leader_fail_if_held=True``).
