@@ -37,9 +37,9 @@ TTL. Inside ``handle()``, :func:`singleton.current_token` is the term's
 *Another process holds it.* That process runs it: ``handle()`` does not run here, and the exit code is
 0 (``EXIT_OK``) with nothing printed, so that cron on every host mails nothing from the hosts that skip
 (``-v 2`` prints one line on stderr naming the holder, ``hostname:pid``). With ``--leader-fail-if-held``
-the exit code is 75 (``EXIT_HELD_ELSEWHERE``), for monitoring, and the line is printed (``-v 0`` hides
-it). The same rule as ``singleton run --no-wait`` and ``--fail-if-held``. With ``--leader-wait`` the
-command waits that long for the lock first. A key that is free but inside a lock-delay (its last
+the exit code is 75 (``EXIT_HELD_ELSEWHERE``), for monitoring, and the line is printed (as Django
+prints a CommandError). The same rule as ``singleton run --no-wait`` and ``--fail-if-held``. With
+``--leader-wait`` the command waits that long for the lock first. A key that is free but inside a lock-delay (its last
 holder died) is waited for in any case: the delay ends within 60 s and then one process gets it.
 
 *Consul cannot be reached, or refuses us (ACL).* ``handle()`` does not run: a process that cannot prove
