@@ -18,7 +18,7 @@ WITH_CONSUL = consul_bin=$$(scripts/get-consul) || { \
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,apscheduler,django,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,apscheduler,django,celery,dev]'
 	touch $(STAMP)
 
 consul:
