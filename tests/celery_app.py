@@ -2,6 +2,7 @@
 
 Configured by the environment the test gives each ``celery beat`` process:
 
+``CELERY_TEST_BROKER``    the broker URL: ``filesystem://`` (the default) or a Redis server's ``redis://...``
 ``CELERY_TEST_QUEUE``     the folder of kombu's filesystem transport (every message is a file there)
 ``CELERY_TEST_EVENTS``    the event log shared by the processes (one short O_APPEND line per event)
 ``CELERY_TEST_MODE``      ``persistent`` (PersistentScheduler, a shelve file per process) or ``database``
@@ -9,8 +10,9 @@ Configured by the environment the test gives each ``celery beat`` process:
 ``CELERY_TEST_INTERVAL``  the interval of the one entry, ``tick`` (seconds, default 1)
 
 and the usual ``CONSUL_HTTP_ADDR``, ``SINGLETON_KEY_PREFIX``, ``SINGLETON_TTL``, ``SINGLETON_LOCK_DELAY``.
-Events: ``<wall time> <pid> ready``, ``lead <fence>``, ``follow``, and ``publish <task> <fence>`` from a
-``before_task_publish`` handler (the fence of ``singleton.current_token()`` while beat sends).
+Events: ``<wall time> <pid> ready``, ``lead <fence>``, ``follow``, and ``publish <task> <fence> <id>`` from
+a ``before_task_publish`` handler (the fence of ``singleton.current_token()`` while beat sends, and the
+message's id).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ if MODE == "database":
 # Short Consul timeouts: a paused or killed agent is noticed quickly.
 singleton.configure(timeout=2, watch_wait=5)
 
-app = Celery("singleton_beat_test", broker="filesystem://")
+app = Celery("singleton_beat_test", broker=os.environ.get("CELERY_TEST_BROKER") or "filesystem://")
 app.conf.update(
     broker_transport_options={"data_folder_in": QUEUE, "data_folder_out": QUEUE, "control_folder": QUEUE},
     beat_schedule={"tick": {"task": "tests.celery_app.tick", "schedule": INTERVAL}},
@@ -74,12 +76,12 @@ def _on_beat_init(sender: Any, **_: Any) -> None:
     log("ready")
 
 
-def _on_publish(sender: Any = None, **_: Any) -> None:
+def _on_publish(sender: Any = None, headers: Any = None, **_: Any) -> None:
     try:
         fence = singleton.current_token().fence
     except LookupError:
         fence = -1
-    log(f"publish {sender} {fence}")
+    log(f"publish {sender} {fence} {(headers or {}).get('id')}")
 
 
 beat_init.connect(_on_beat_init)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import redis
+
 from .fleet import Event, Fleet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,29 +32,54 @@ class Message:
     scheduled: float
 
 
+def _message(payload: bytes | str, at: float) -> Message:
+    headers = json.loads(payload)["headers"]
+    return Message(
+        at=at,
+        pid=int(headers["origin"].split("@", 1)[0].removeprefix("gen")),
+        task=headers["task"],
+        fence=int(headers["singleton_fence"]),
+        scheduled=datetime.fromisoformat(headers["singleton_scheduled"]).timestamp(),
+    )
+
+
 def read_messages(queue: Path) -> list[Message]:
     """Every message file of kombu's filesystem transport in ``queue``, in the order they were written."""
+    found = [_message(path.read_bytes(), path.stat().st_mtime) for path in queue.glob("*.msg")]
+    return sorted(found, key=lambda m: m.at)
+
+
+def read_redis_messages(url: str, sent_at: dict[str, float]) -> list[Message]:
+    """Every message in the Redis list of the ``celery`` queue, stamped with when beat sent it (by id)."""
+    client = redis.Redis.from_url(url)
+    try:
+        payloads = client.lrange("celery", 0, -1)
+    finally:
+        client.close()
     found = []
-    for path in queue.glob("*.msg"):
-        headers = json.loads(path.read_bytes())["headers"]
-        origin = headers["origin"]
-        found.append(
-            Message(
-                at=path.stat().st_mtime,
-                pid=int(origin.split("@", 1)[0].removeprefix("gen")),
-                task=headers["task"],
-                fence=int(headers["singleton_fence"]),
-                scheduled=datetime.fromisoformat(headers["singleton_scheduled"]).timestamp(),
-            )
-        )
+    for payload in payloads:
+        message_id = json.loads(payload)["headers"]["id"]
+        found.append(_message(payload, sent_at.get(message_id, float("nan"))))
     return sorted(found, key=lambda m: m.at)
 
 
 class BeatFleet(Fleet):
     """``size`` ``celery beat`` processes with LeaderOnlyScheduler, sharing one transport folder and event log."""
 
-    def __init__(self, tmp: Path, addr: str, prefix: str, *, mode: str, db: Path | None = None, size: int = 3) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        addr: str,
+        prefix: str,
+        *,
+        mode: str,
+        db: Path | None = None,
+        broker: str | None = None,
+        size: int = 3,
+    ) -> None:
+        """``broker`` is a Redis URL, or None for kombu's filesystem transport in ``tmp/queue``."""
         tmp.mkdir(parents=True, exist_ok=True)
+        self.broker = broker
         self.queue = tmp / "queue"
         self.queue.mkdir(exist_ok=True)
         self.log = tmp / "events.log"
@@ -65,6 +92,7 @@ class BeatFleet(Fleet):
             "SINGLETON_TTL": "10",
             "SINGLETON_LOCK_DELAY": "1",
             "CELERY_TEST_MODE": mode,
+            "CELERY_TEST_BROKER": broker or "",
             "CELERY_TEST_QUEUE": str(self.queue),
             "CELERY_TEST_EVENTS": str(self.log),
             "CELERY_TEST_DB": str(db or ""),
@@ -80,7 +108,11 @@ class BeatFleet(Fleet):
                 self.procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
 
     def messages(self, task: str | None = None) -> list[Message]:
-        return [m for m in read_messages(self.queue) if task is None or m.task == task]
+        if self.broker is None:
+            found = read_messages(self.queue)
+        else:
+            found = read_redis_messages(self.broker, {e.fields[2]: e.at for e in self.events("publish")})
+        return [m for m in found if task is None or m.task == task]
 
     def leads(self, since: float = 0.0) -> list[Event]:
         return [e for e in self.events("lead") if e.at >= since]

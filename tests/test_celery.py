@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import singleton
 from singleton import ConfigurationError, Elector, LeaseSpec, Role, Settings, leader_only
 from singleton.contrib.celery import LeaderOnlyScheduler, default_key
 from singleton.testing import ConsulAgent, ConsulNotFound, find_consul
+from singleton.testing._agent import free_ports
 
 from .apscheduler_fleet import cpu_seconds
 from .celery_fleet import ROOT, BeatFleet, Message, read_messages
@@ -597,19 +600,76 @@ def scenarios(consul_agent: ConsulAgent, tmp_path_factory: pytest.TempPathFactor
                 scenario.thread.join(30)
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the module's own on a free port ($REDIS_BIN or PATH; scripts/get-redis installs one)."""
+    binary = os.environ.get("REDIS_BIN") or shutil.which("redis-server")
+    if not binary or not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        reason = f"no redis-server ({binary or 'none on PATH'}; set REDIS_BIN, or run scripts/get-redis)"
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    import redis
+
+    tmp = tmp_path_factory.mktemp("redis")
+    (port,) = free_ports(1)
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with open(tmp / "redis.log", "wb") as sink:
+        server = subprocess.Popen([*command, "--dir", str(tmp)], stdout=sink, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port)
+    try:
+        assert wait_until(lambda: _pings(client), 15), (tmp / "redis.log").read_text()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(15)
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def redis_scenario(
+    consul_agent: ConsulAgent, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scenario]:
+    """The PersistentScheduler fleet again, on a real Redis broker, in the background."""
+    tmp = tmp_path_factory.mktemp("celery-redis-fleet")
+    prefix = f"test/celery-redis-{time.time_ns()}/"
+    scenario = Scenario(BeatFleet(tmp, consul_agent.address, prefix, mode="persistent", broker=redis_url))
+    scenario.start()
+    try:
+        yield scenario
+    finally:
+        scenario.fleet.stop()
+        if scenario.thread is not None:
+            scenario.thread.join(30)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _fleets_start_with_the_module(request: pytest.FixtureRequest) -> None:
     """The fleets spend most of their time waiting out a crashed leader's session TTL: start them first,
     so that the other tests of this module run in the meantime."""
-    selected = any(
-        item.get_closest_marker("slow") is not None and item.path == request.path for item in request.session.items
-    )
+    selected = {
+        item.name
+        for item in request.session.items
+        if item.get_closest_marker("slow") is not None and item.path == request.path
+    }
     try:
         find_consul()
     except ConsulNotFound:
         return  # the fleet tests skip (or fail under CI) through their own fixtures
-    if selected:
+    if selected - {test_three_beats_on_a_redis_broker_send_each_time_once_and_fail_over.__name__}:
         request.getfixturevalue("scenarios")
+    if test_three_beats_on_a_redis_broker_send_each_time_once_and_fail_over.__name__ in selected:
+        try:
+            request.getfixturevalue("redis_scenario")
+        except pytest.skip.Exception:
+            pass  # the Redis test skips through its own fixture, and says why
 
 
 @pytest.mark.consul
@@ -657,3 +717,14 @@ def test_three_beats_with_django_celery_beat_send_each_time_once_and_catch_up_on
     assert abs(caught.scheduled - (last_of_second.at + 1)) < 0.25, report
     assert caught.scheduled < scenario.crash_lead
     assert abs(after.scheduled - (caught.at + 1)) < 0.25, report
+
+
+@pytest.mark.consul
+@pytest.mark.slow
+def test_three_beats_on_a_redis_broker_send_each_time_once_and_fail_over(redis_scenario: Scenario) -> None:
+    redis_scenario.join()
+    print("PersistentScheduler on Redis:", redis_scenario.summary())
+    redis_scenario.check()
+    messages = redis_scenario.fleet.messages("tests.celery_app.tick")
+    assert all(m.scheduled % 1 == 0 for m in messages)
+    assert all(m.scheduled >= redis_scenario.crash_lead - 0.01 for m in redis_scenario.by(redis_scenario.third))
