@@ -478,6 +478,17 @@ class _Hooks(Scheduler):  # type: ignore[misc]
             _align(new_entry)
         return new_entry
 
+    def is_due(self, entry: Any) -> Any:
+        state = super().is_due(entry)
+        if state[0] and not self._singleton_owner.shared:
+            # Celery looks again one interval after *now*: a late pass would make every later one as
+            # late. An aligned entry is looked at again at its next aligned time.
+            step = _interval(entry)
+            if step is not None:
+                now = time.time()
+                return schedules.schedstate(True, max(0.0, (math.floor(now / step + 1e-9) + 1) * step - now))
+        return state
+
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         if not self._singleton_owner._leading(self):
             return  # a follower: the tick has advanced the entry (reserve), and sends nothing
@@ -538,14 +549,20 @@ def _due_time(entry: Any) -> float:
         return time.time()
 
 
+def _interval(entry: Any) -> float | None:
+    """The interval of an entry on a plain interval schedule (seconds), or None."""
+    schedule: Any = getattr(entry, "schedule", None)
+    if type(schedule) is not schedules.schedule:
+        return None
+    step = float(schedule.run_every.total_seconds())
+    return step if step > 0 else None
+
+
 def _align(entry: Any) -> None:
     """Move an interval entry's ``last_run_at`` back to a multiple of its interval since the epoch."""
-    schedule: Any = getattr(entry, "schedule", None)
+    step = _interval(entry)
     last: Any = getattr(entry, "last_run_at", None)
-    if type(schedule) is not schedules.schedule or not isinstance(last, datetime):
-        return
-    step = float(schedule.run_every.total_seconds())
-    if step <= 0:
+    if step is None or not isinstance(last, datetime):
         return
     stamp = _timestamp(last)
     slot = math.floor(stamp / step + 1e-9) * step
