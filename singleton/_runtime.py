@@ -7,6 +7,8 @@
   does), so jobs running in pool threads see their stop token fire instead of blocking the exit.
 * After :func:`shutdown`, leader-only calls do not run their body (they return their default) until
   :func:`configure` is called again: a process on its way out never starts campaigning anew.
+* SIGTERM: when it still has Python's default action, configure() (and any elector started in the
+  main thread) installs a handler that releases the keys first (``singleton._signals``).
 * Fork: the child forgets the parent's elector (``singleton.election`` disowns every elector of the
   parent: inherited tokens fire, nothing is released, the parent still holds the session) and starts
   its own on first use.
@@ -23,6 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from singleton import _signals
 from singleton.config import Settings, require_settings
 from singleton.election import Elector
 from singleton.errors import ConfigurationError, SingletonError
@@ -64,7 +67,9 @@ def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
         _settings = settings if settings is not None else Settings.from_env(**overrides)
         _shut_down = False
         _refusal = None
-        return _settings
+        configured = _settings
+    _signals.install(configured.handle_sigterm)  # SIGTERM hands the keys over (in the main thread only)
+    return configured
 
 
 def refuse(error: ConfigurationError) -> None:

@@ -15,7 +15,7 @@ works needs nothing more:
 
 Our own settings use ``SINGLETON_*``: ``SINGLETON_BACKEND`` (``consul``, ``memory://`` or
 ``file:///dir``), ``SINGLETON_KEY_PREFIX``, ``SINGLETON_TTL``, ``SINGLETON_LOCK_DELAY``,
-``SINGLETON_MARGIN``.
+``SINGLETON_MARGIN``, ``SINGLETON_HANDLE_SIGTERM`` (``false`` leaves SIGTERM alone).
 
 Every field is checked where the settings are built, and every bad value raises
 :class:`~singleton.errors.ConfigurationError` naming the parameter, what it may be and the value given
@@ -644,6 +644,8 @@ class Settings:
     identity: str | None = None
     #: The Consul session's name; None means the identity.
     session_name: str | None = None
+    #: Hand the keys over on SIGTERM when its action is still Python's default (see ``singleton._signals``).
+    handle_sigterm: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.consul, ConsulSettings):
@@ -675,6 +677,8 @@ class Settings:
         object.__setattr__(self, "shutdown_grace", check_range("shutdown_grace", self.shutdown_grace, 0.0, 3600.0))
         for name in ("identity", "session_name"):
             _check_name(name, getattr(self, name))
+        if not isinstance(self.handle_sigterm, bool):
+            raise ConfigurationError(f"handle_sigterm must be True or False, got {self.handle_sigterm!r}")
 
     def full_key(self, key: str) -> str:
         """``key_prefix + key``, both checked, and short enough for Consul (and for file names).
@@ -733,6 +737,8 @@ class Settings:
             values["backend"] = env["SINGLETON_BACKEND"]
         if env.get("SINGLETON_KEY_PREFIX"):
             values["key_prefix"] = env["SINGLETON_KEY_PREFIX"]
+        if env.get("SINGLETON_HANDLE_SIGTERM"):
+            values["handle_sigterm"] = _flag("SINGLETON_HANDLE_SIGTERM", env["SINGLETON_HANDLE_SIGTERM"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "consul" not in values:
             values["consul"] = ConsulSettings.from_env(env, **consul_overrides)

@@ -32,6 +32,7 @@ from singleton.testing import ConsulAgent, free_ports
 from singleton.token import StopCause
 
 from .fleet import Event, read_events
+from .helpers import acl_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("cli_child.py")
@@ -568,14 +569,9 @@ def test_status_never_reports_the_modify_index_of_a_plain_kv_put_as_the_fence(
         elector.close(grace=0)
 
 
-def _acl_agent(binary: str, tmp_path: Path) -> ConsulAgent:
-    acl = 'acl { enabled = true, default_policy = "deny", tokens { master = "root-token", agent = "root-token" } }'
-    return ConsulAgent(binary, workdir=tmp_path / "acl", extra_args=["-hcl", acl], token="root-token").start()
-
-
 @pytest.mark.consul
 def test_an_acl_denial_is_one_line_naming_the_rule_needed(consul_binary: str, tmp_path: Path) -> None:
-    agent = _acl_agent(consul_binary, tmp_path)
+    agent = acl_agent(consul_binary, tmp_path / "acl")
     try:
         result = cli("run", "--key", "reports/nightly", "--", "true", address=agent.address)
         assert_one_line_error(result, EXIT_UNAVAILABLE, "ACL", 'session_prefix "" { policy = "write" }')

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,13 +21,16 @@ from typing import Any
 
 import pytest
 
+from singleton import Elector, LeaseSpec, Settings
 from singleton.backends.consul import ConsulBackend
+from singleton.config import ConsulSettings
 from singleton.contrib.django.conf import allowed_keys, settings_from
 from singleton.errors import ConfigurationError
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.testing import ConsulAgent, free_ports
 
 from .fleet import read_events
+from .helpers import ROOT_TOKEN, acl_agent, acl_token
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = Path(__file__).resolve().with_name("django_project")
@@ -590,3 +594,49 @@ def test_on_one_host_the_file_backend_gives_the_same_command_behaviour(
     assert winner.wait() == EXIT_OK, str(winner)
     assert [e.pid for e in read_events(log, "start")] == [winner.pid]
     assert list(locks.glob("*.lock")), "the lock lives in the configured directory"
+
+
+@pytest.mark.consul
+def test_a_token_that_may_only_read_the_key_is_told_the_rule_every_time(
+    consul_binary: str, tmp_path: Path, runs: Callable[..., Run]
+) -> None:
+    agent = acl_agent(consul_binary, tmp_path / "acl")
+    try:
+        key = "acl-tests/job"
+        with ConsulBackend(agent.settings(token=ROOT_TOKEN)) as root:  # someone held it before
+            session = root.create_session(name="earlier:1", ttl=10, lock_delay=0)
+            assert root.acquire(key, session, b"earlier:1").acquired
+            root.release(key, session, b"earlier:1")
+            root.destroy_session(session)
+        readonly = acl_token(
+            agent, 'session_prefix "" { policy = "write" }\nkey_prefix "acl-tests/" { policy = "read" }'
+        )
+        setting = {"ADDRESS": agent.address, "TOKEN": readonly, "TTL": 10, "TIMEOUT": 2}
+        for _ in range(3):
+            run = runs(project_env(setting), "leader_only", "--key", key, "exit_with", "0")
+            assert run.wait() == EXIT_UNAVAILABLE, str(run)
+            assert f'key_prefix "{key}" {{ policy = "write" }}' in run.stderr, str(run)
+            assert "free (last held by" not in run.stderr, str(run)
+            assert readonly not in run.stderr + run.stdout
+    finally:
+        agent.stop()
+
+
+@pytest.mark.consul
+def test_sigterm_hands_a_leader_only_command_s_lock_over(
+    setting: dict[str, Any], tmp_path: Path, runs: Callable[..., Run], consul_settings: ConsulSettings, key_prefix: str
+) -> None:
+    log = tmp_path / "events.log"
+    holder = runs(project_env(setting), "hold", "--events", str(log), "--release", str(tmp_path / "never"))
+    wait_until(lambda: bool(read_events(log, "start")), 30, "the holder", holder)
+    follower = Elector(Settings(consul=consul_settings, key_prefix=key_prefix, lease=LeaseSpec(ttl=10, lock_delay=17)))
+    try:
+        waiting = follower.register("hold")
+        assert waiting.wait_settled(5)
+        assert not waiting.is_leader
+        holder.proc.send_signal(signal.SIGTERM)
+        assert waiting.wait_for_leadership(5), f"handed over at once, not after the TTL\n{holder}"
+        assert read_events(log, "end"), "handle() saw its token fire and ended"
+        assert holder.wait() == -signal.SIGTERM
+    finally:
+        follower.close(grace=0)

@@ -69,8 +69,11 @@ Called with :func:`django.core.management.call_command`, the same outcomes raise
 
 The lock belongs to the command run: it has its own Consul session, closed when the run ends. A
 ``@leader_only`` function called from ``handle()`` campaigns separately (in the process-wide elector),
-so it must not use the command's key. SIGKILL (or SIGTERM with Python's default handler) ends the
-process without a release: the lock then frees itself after the TTL and the lock-delay.
+so it must not use the command's key. SIGTERM (systemd, ``docker stop``, Kubernetes) fires the
+token and hands the lock over once ``handle()`` returns (within ``shutdown_grace``), then ends the
+process by SIGTERM as Python would have (see ``singleton._signals``; a SIGTERM handler of the project's
+own is left alone). SIGKILL ends the process without a release: the lock then frees itself after the
+TTL and the lock-delay.
 """
 
 from __future__ import annotations
