@@ -13,7 +13,7 @@ WITH_CONSUL = consul_bin=$$(scripts/get-consul) || { \
 	  echo "warning: no Consul binary: the tests that need it will be skipped" >&2; consul_bin=; }; \
 	export CONSUL_BIN="$$consul_bin";
 
-.PHONY: demo test lint type check tox bench consul clean
+.PHONY: demo test faults lint type check tox bench consul clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(WITH_CONSUL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every fault of tests/faults (make test runs only the CI set), FAULT_TRIALS trials each (3 by default);
+# FAULT_SET=name,name narrows it. The report: .faults/all/report.md and report.json, logs beside them.
+faults: $(STAMP)
+	@$(WITH_CONSUL) FAULT_SET="$${FAULT_SET:-all}" FAULT_TRIALS="$${FAULT_TRIALS:-3}" \
+	  $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
