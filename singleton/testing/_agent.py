@@ -360,7 +360,8 @@ class ConsulCluster:
 
     ``clients`` names client agents to start beside them (one per simulated host: a process talks to
     the agent of its host, whose node owns the sessions it creates). ``agents`` and ``servers`` are the
-    servers; ``clients`` the client agents, in the order named.
+    servers; ``clients`` the client agents, in the order named. Every agent retry-joins every server,
+    and the servers retry-join the clients too (see ``__init__``).
     """
 
     def __init__(
@@ -403,6 +404,12 @@ class ConsulCluster:
                     ports=ports[first : first + 4],
                 )
             )
+        # Servers join the client agents too: after a restart of every server they then know the
+        # clients before the first leader reconciles its catalog. Otherwise, whenever their Serf pool
+        # has not re-learned a client by then, the leader reaps its node, which ends every session
+        # of that node at once (a race inside Consul that a test cannot steer).
+        for agent in self.agents:
+            agent.join += [client.serf_address for client in self.clients]
 
     @property
     def servers(self) -> list[ConsulAgent]:

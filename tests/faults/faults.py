@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,20 @@ def agent_graceful_restart(s: Scenario, holder: Host) -> None:
     s.mark("heal")
 
 
+def agent_graceful_restart_holder_stalled(s: Scenario, holder: Host) -> None:
+    """The holder cannot hear of the deregistration in time: it is frozen for 3 s as its agent leaves
+    (a host busy with the configuration run that restarts the agent). Only the lock-delay covers it."""
+    s.mark("fault", what=f"the holder {holder.name} frozen for 3 s while its agent restarts gracefully")
+    s.signal_worker(holder, signal.SIGSTOP)
+    resume = threading.Timer(3.0, os.kill, (holder.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        holder.agent.restart(graceful=True, wait=False)
+    finally:
+        resume.join()
+    s.mark("heal")
+
+
 def agent_kill_force_leave(s: Scenario, holder: Host) -> None:
     s.mark("fault", what=f"SIGKILL of the holder's agent {holder.name}, then consul force-leave {holder.name}")
     holder.agent.kill()
@@ -156,6 +171,12 @@ FAULTS = [
     Fault("servers-outage-5s", servers_outage(5), False, "every server SIGKILLed, restarted after 5 s"),
     Fault("servers-outage-40s", servers_outage(40), False, "every server SIGKILLed, restarted after 40 s"),
     Fault("agent-graceful-restart", agent_graceful_restart, True, "graceful restart of the holder's agent"),
+    Fault(
+        "agent-graceful-restart-stalled",
+        agent_graceful_restart_holder_stalled,
+        False,
+        "graceful restart of the holder's agent while the holder is frozen for 3 s",
+    ),
     Fault("agent-kill-force-leave", agent_kill_force_leave, False, "the holder's agent SIGKILLed, then force-leave"),
     Fault("agent-reload", agent_reload, False, "consul reload of the holder's agent", at_least=12.0),
     Fault("lock-delay-replay", lock_delay_replay, True, "lock-delay replayed after every server was down"),
