@@ -30,7 +30,7 @@ def best_ns(fn: object) -> float:
 
 def main() -> None:
     backend = MemoryBackend()
-    settings = Settings(backend="memory://", lease=LeaseSpec(ttl=60, lock_delay=0))
+    settings = Settings(backend="memory://", lease=LeaseSpec(ttl=60))
     holder = Elector(settings.replace(identity="holder:1"), backend=backend)
     follower = Elector(settings.replace(identity="follower:2"), backend=backend)
 

@@ -30,7 +30,7 @@ KEY = "bench/handoff"
 def player(address: str, name: str, trials: int) -> None:
     settings = Settings(
         consul=ConsulSettings.from_env(address=address),
-        lease=LeaseSpec(ttl=15, lock_delay=0),
+        lease=LeaseSpec(ttl=15),
         identity=name,
     )
     elector = Elector(settings)

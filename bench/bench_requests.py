@@ -24,18 +24,18 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from typing import Any
 
 from _common import dev_agent, machine
 
 from singleton import Elector, Settings
+from singleton.backends._http import Answer
 from singleton.backends.consul import ConsulBackend
 from singleton.config import ConsulSettings
 
 
 class CountingConsulBackend(ConsulBackend):
-    """ConsulBackend that counts each HTTP request its clients send, by kind."""
+    """ConsulBackend that counts each HTTP request it sends, by kind."""
 
     def __init__(self, settings: ConsulSettings) -> None:
         super().__init__(settings)
@@ -43,29 +43,20 @@ class CountingConsulBackend(ConsulBackend):
         self.counting = False
         self._count_lock = threading.Lock()
 
-    def _client(self) -> Any:
-        client = super()._client()
-        hooks = client.http.session.hooks["response"]
-        if self._hook not in hooks:
-            hooks.append(self._hook)
-        return client
-
-    def _hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        if not self.counting:
-            return
-        url = urllib.parse.urlsplit(response.request.url)
-        query = urllib.parse.parse_qs(url.query)
-        path = url.path
-        if path.startswith("/v1/session/renew"):
-            kind = "renew"
-        elif path.startswith("/v1/kv/") and "index" in query:
-            kind = "watch"
-        elif path.startswith("/v1/kv/"):
-            kind = f"kv {response.request.method}"
-        else:
-            kind = path
-        with self._count_lock:
-            self.counts[kind] += 1
+    def _request(self, method: str, path: str, **kwargs: Any) -> Answer:
+        if self.counting:
+            query = dict(kwargs.get("query") or ())
+            if path.startswith("/v1/session/renew"):
+                kind = "renew"
+            elif path.startswith("/v1/kv/") and "index" in query:
+                kind = "watch"
+            elif path.startswith("/v1/kv/"):
+                kind = f"kv {method}"
+            else:
+                kind = path
+            with self._count_lock:
+                self.counts[kind] += 1
+        return super()._request(method, path, **kwargs)
 
 
 def process(address: str, keys: int, role: str, window: float, prefix: str) -> None:

@@ -40,7 +40,7 @@ async def sync_inventory() -> None:
 
 
 async def worker() -> int:
-    singleton.configure(ttl=10, lock_delay=1)  # Consul address and token from CONSUL_HTTP_* variables
+    singleton.configure(ttl=10)  # Consul address and token from CONSUL_HTTP_* variables
     scheduler = AsyncIOScheduler(timezone=timezone.utc)
     # The one line: this store's due jobs run only in the process that holds KEY.
     scheduler.add_jobstore(LeaderOnlyJobStore(MemoryJobStore(), key=KEY), "default")

@@ -48,7 +48,7 @@ def make_scheduler() -> BackgroundScheduler:
 
 
 def worker() -> int:
-    singleton.configure(ttl=10, lock_delay=1)  # Consul address and token from CONSUL_HTTP_* variables
+    singleton.configure(ttl=10)  # Consul address and token from CONSUL_HTTP_* variables
     scheduler = make_scheduler()
     stop = threading.Event()
 

@@ -78,7 +78,7 @@ def post_worker_init(worker: Any) -> None:
     Both belong after the fork: threads do not survive it, and the settings name the process that holds
     the key (``hostname:pid``), which must be the worker's pid, not the master's.
     """
-    singleton.configure(ttl=10, lock_delay=1)  # Consul address and token from CONSUL_HTTP_* variables
+    singleton.configure(ttl=10)  # Consul address and token from CONSUL_HTTP_* variables
     worker.wsgi.extensions["scheduler"].start()
 
 

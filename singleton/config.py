@@ -36,6 +36,7 @@ from singleton.errors import ConfigurationError
 
 __all__ = [
     "ConsulSettings",
+    "LeaseOverrides",
     "LeaseSpec",
     "Settings",
     "holder_identity",
@@ -109,6 +110,18 @@ def validate_key(key: object, name: str = "key") -> str:
     return key
 
 
+def _token_problem(token: object) -> str | None:
+    """What is wrong with an ACL token, in words that never include the token itself."""
+    if not isinstance(token, str):
+        return f"must be a string, got a value of type {type(token).__name__}"
+    if any(not (32 <= ord(ch) < 127) for ch in token):
+        return (
+            "must be printable ASCII on one line: it contains a newline, a control character or a non-ASCII "
+            "character (a token file with a second line?); the token is not shown"
+        )
+    return None
+
+
 def _prefix(value: object) -> str:
     if value in (None, ""):
         return ""
@@ -171,10 +184,15 @@ class ConsulSettings:
                 "client_cert and client_key (CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY) must be given together"
             )
         object.__setattr__(self, "timeout", check_range("timeout", self.timeout, 0.1, 300.0))
+        if self.token is not None:
+            problem = _token_problem(self.token)
+            if problem:
+                raise ConfigurationError(f"token {problem}")
 
     @property
     def address(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address, as in a URL
+        return f"{self.scheme}://{host}:{self.port}"
 
     def __repr__(self) -> str:
         token = "'<hidden>'" if self.token else "None"
@@ -203,17 +221,24 @@ class ConsulSettings:
             scheme = "https" if _flag("CONSUL_HTTP_SSL", env["CONSUL_HTTP_SSL"]) else "http"
         if scheme:
             values["scheme"] = scheme
+        # Surrounding whitespace (a token file's trailing newline) is dropped, as the consul CLI does;
+        # anything else that cannot go into an HTTP header is refused, without printing the token.
         if env.get("CONSUL_HTTP_TOKEN"):
-            values["token"] = env["CONSUL_HTTP_TOKEN"].strip()
+            values["token"] = env["CONSUL_HTTP_TOKEN"].strip() or None
+            problem = _token_problem(values["token"] or "")
+            if problem:
+                raise ConfigurationError(f"CONSUL_HTTP_TOKEN {problem}")
         elif env.get("CONSUL_HTTP_TOKEN_FILE"):
             path = env["CONSUL_HTTP_TOKEN_FILE"]
             try:
                 with open(path, encoding="utf-8") as handle:
                     values["token"] = handle.read().strip() or None
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"CONSUL_HTTP_TOKEN_FILE={path} cannot be read: {exc.strerror or exc}"
-                ) from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                cause = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+                raise ConfigurationError(f"CONSUL_HTTP_TOKEN_FILE={path} cannot be read: {cause or exc}") from exc
+            problem = _token_problem(values["token"] or "")
+            if problem:
+                raise ConfigurationError(f"the token in CONSUL_HTTP_TOKEN_FILE={path} {problem}")
         for name, variable in (
             ("ca_cert", "CONSUL_CACERT"),
             ("client_cert", "CONSUL_CLIENT_CERT"),
@@ -230,29 +255,56 @@ class ConsulSettings:
         return cls(**values)
 
 
+#: A lock-delay must outlast the local lease by at least this much (see :class:`LeaseSpec`): room for
+#: the election thread's own lateness in firing a token whose lease ran out on a busy host.
+LOCK_DELAY_SAFETY = 0.5
+#: The longest local lease: one that the longest lock-delay Consul allows still outlasts.
+LEASE_MAX = LOCK_DELAY_MAX - LOCK_DELAY_SAFETY
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
 @dataclass(frozen=True)
 class LeaseSpec:
-    """How long a session lives and what protects its locks.
+    """How long a session lives, how long one renewal proves leadership here, and what protects its locks.
 
-    ``ttl``: the session TTL, 10..86400 s (Consul's limits). The session is renewed every ``ttl / 3``.
-    ``lock_delay``: 0..60 s; after the session is invalidated its keys cannot be taken for this long.
-    ``margin``: the local lease is ``ttl - margin`` seconds from the moment the last successful renewal
-    was *sent*. Past it the process treats leadership as lost: stop tokens fire and bodies are no longer
-    started, before Consul could hand the lock to anyone else. The lease must outlast one renewal
-    interval, so ``0 < margin < 2/3 * ttl``. Default: ``max(1, ttl / 5)``.
+    ``ttl``: the session TTL, 10..86400 s (Consul's limits): how long Consul keeps the session, and the
+    keys of a crashed holder, without renewals.
+
+    ``margin``: the local *lease* is ``ttl - margin`` seconds (at most :data:`LEASE_MAX`, 59.5 s) from the
+    moment the last successful renewal was *sent*. Past it the process treats leadership as lost: stop
+    tokens fire and bodies are no longer started. Consul cannot expire the session before ``ttl`` after
+    it received that renewal, so the token fires at least ``margin`` seconds before Consul could hand
+    the lock to anyone else through expiry. ``0 < margin < 2/3 * ttl``; default ``max(1, ttl/5)``. The
+    session is renewed every ``ttl / 3``, and at least twice per lease.
+
+    ``lock_delay``: after Consul invalidates the session, nobody may take its keys for this long. Consul
+    can end a session *at once*, whatever its TTL: when it deregisters the session's node (its agent left
+    the cluster gracefully, or an operator ran ``consul force-leave``). The holder may not hear of it (its
+    agent is the one going away), and then only its lease ends its term: up to ``lease`` seconds after the
+    last renewal, which the invalidation may have followed at once. So the lock-delay must outlast the
+    lease: ``lock_delay >= lease + 0.5`` (:attr:`min_lock_delay`; that is why the lease is capped), up to
+    Consul's 60 s. A smaller value is refused. Default: 15 s, or :attr:`min_lock_delay` when more is needed.
     """
 
     ttl: float = DEFAULT_TTL
-    lock_delay: float = DEFAULT_LOCK_DELAY
+    lock_delay: float | None = None
     margin: float | None = None
+    #: Which of lock_delay and margin were given rather than derived (not part of equality: two specs
+    #: with the same values share one session).
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ttl = check_range("ttl", self.ttl, TTL_MIN, TTL_MAX)
         object.__setattr__(self, "ttl", ttl)
-        object.__setattr__(
-            self, "lock_delay", check_range("lock_delay", self.lock_delay, LOCK_DELAY_MIN, LOCK_DELAY_MAX)
-        )
-        margin = max(1.0, ttl / 5) if self.margin is None else _number("margin", self.margin)
+        given = set(self.given)
+        if self.margin is None:
+            margin = max(1.0, ttl / 5)
+        else:
+            margin = _number("margin", self.margin)
+            given.add("margin")
         limit = ttl * 2 / 3
         if not 0 < margin < limit:
             raise ConfigurationError(
@@ -261,16 +313,122 @@ class LeaseSpec:
                 f"range is 0 < margin < {limit:g} seconds, got {self.margin!r}"
             )
         object.__setattr__(self, "margin", margin)
-
-    @property
-    def renew_interval(self) -> float:
-        return self.ttl / 3
+        needed = min(ttl - margin, LEASE_MAX) + LOCK_DELAY_SAFETY
+        if self.lock_delay is None:
+            lock_delay = max(DEFAULT_LOCK_DELAY, needed)
+        else:
+            lock_delay = check_range("lock_delay", self.lock_delay, LOCK_DELAY_MIN, LOCK_DELAY_MAX)
+            given.add("lock_delay")
+            if lock_delay < needed:
+                raise ConfigurationError(
+                    f"lock_delay must be between {_fmt(needed)} and {LOCK_DELAY_MAX:g} seconds for ttl={ttl:g} "
+                    f"and margin={margin:g}, got {self.lock_delay!r}: Consul ends a session at once when it "
+                    "deregisters the session's node (an agent leaving, consul force-leave), and then only "
+                    f"the lock-delay keeps another process from starting before this one's local lease "
+                    f"({_fmt(needed - LOCK_DELAY_SAFETY)}s) ran out"
+                )
+        object.__setattr__(self, "lock_delay", lock_delay)
+        object.__setattr__(self, "given", frozenset(given))
 
     @property
     def lease(self) -> float:
         """Seconds of leadership a successful renewal buys, counted from when it was sent."""
         assert self.margin is not None
-        return self.ttl - self.margin
+        return min(self.ttl - self.margin, LEASE_MAX)
+
+    @property
+    def renew_interval(self) -> float:
+        """``ttl / 3``, and at least twice per lease."""
+        return min(self.ttl / 3, self.lease / 2)
+
+    @property
+    def min_lock_delay(self) -> float:
+        """The smallest lock-delay that keeps the stop token ahead of any takeover (see the class docstring)."""
+        return self.lease + LOCK_DELAY_SAFETY
+
+    def derive(self, overrides: LeaseOverrides) -> LeaseSpec:
+        """This spec (the process defaults) with ``overrides`` applied.
+
+        A ttl of its own gets a margin of its own (a margin is a part of its ttl) unless one is given
+        with it; a lock-delay the process settings gave (rather than derived) stays, and must fit.
+        """
+        if overrides.empty:
+            return self
+        margin = overrides.margin
+        if margin is None and (overrides.ttl is None or overrides.ttl == self.ttl):
+            margin = self.margin
+        lock_delay = overrides.lock_delay
+        if lock_delay is None and "lock_delay" in self.given:
+            lock_delay = self.lock_delay
+        try:
+            return LeaseSpec(
+                ttl=self.ttl if overrides.ttl is None else overrides.ttl, lock_delay=lock_delay, margin=margin
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(overrides.rename(str(exc))) from None
+
+
+@dataclass(frozen=True)
+class LeaseOverrides:
+    """Per-key changes to the process's lease settings, each checked on its own when made.
+
+    Every entry point (``@leader_only``, the APScheduler store, ``singleton run``, the Django command, the
+    Go-compatible function) builds one with :meth:`checked`, under the names its user wrote (``--ttl``,
+    ``session_ttl``), so an error names what the user typed. How the values relate to each other and to
+    the process defaults is checked by :meth:`LeaseSpec.derive`, the one place that knows the rules; when
+    ``ttl`` is given, that happens at once.
+    """
+
+    ttl: float | None = None
+    lock_delay: float | None = None
+    margin: float | None = None
+    names: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return self.ttl is None and self.lock_delay is None and self.margin is None
+
+    def rename(self, message: str) -> str:
+        """``message`` with each setting's name replaced by what the user called it."""
+        for name, shown in self.names:
+            message = re.sub(rf"\b{name}\b", shown, message)
+        return message
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        ttl: object = None,
+        lock_delay: object = None,
+        margin: object = None,
+        names: Mapping[str, str] | None = None,
+    ) -> LeaseOverrides:
+        """The overrides as numbers within their ranges; with ``ttl``, checked together too.
+
+        ``margin`` is a part of a ttl, so it needs ``ttl`` in the same place. A ``lock_delay`` given
+        without ``ttl`` is checked against the lease when the key is registered.
+
+        :raises ConfigurationError: naming the setting as ``names`` maps it, with its allowed range.
+        """
+        shown = tuple((names or {}).items())
+        probe = cls(names=shown)
+        try:
+            checked_ttl = None if ttl is None else check_range("ttl", ttl, TTL_MIN, TTL_MAX)
+            checked_delay = (
+                None if lock_delay is None else check_range("lock_delay", lock_delay, LOCK_DELAY_MIN, LOCK_DELAY_MAX)
+            )
+            checked_margin = None if margin is None else _number("margin", margin)
+            if checked_margin is not None and checked_ttl is None:
+                raise ConfigurationError(
+                    f"margin={margin!r} needs ttl in the same place: the margin is a part of the ttl "
+                    "(give both, or neither)"
+                )
+            overrides = cls(checked_ttl, checked_delay, checked_margin, shown)
+            if checked_ttl is not None:
+                LeaseSpec(ttl=checked_ttl, lock_delay=checked_delay, margin=checked_margin)
+        except ConfigurationError as exc:
+            raise ConfigurationError(probe.rename(str(exc))) from None
+        return overrides
 
 
 @dataclass(frozen=True)
@@ -319,15 +477,8 @@ class Settings:
     def lease_for(
         self, ttl: float | None = None, lock_delay: float | None = None, margin: float | None = None
     ) -> LeaseSpec:
-        """The process defaults with any of ``ttl``, ``lock_delay``, ``margin`` overridden."""
-        if ttl is None and lock_delay is None and margin is None:
-            return self.lease
-        return LeaseSpec(
-            ttl=self.lease.ttl if ttl is None else ttl,
-            lock_delay=self.lease.lock_delay if lock_delay is None else lock_delay,
-            # A ttl of its own gets a margin of its own, unless one is given.
-            margin=margin if margin is not None else (None if ttl is not None else self.lease.margin),
-        )
+        """The process defaults with any of ``ttl``, ``lock_delay``, ``margin`` overridden (see LeaseSpec.derive)."""
+        return self.lease.derive(LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

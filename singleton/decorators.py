@@ -38,8 +38,8 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from singleton import _runtime
-from singleton.config import LeaseSpec, check_range, validate_key
+from singleton._attach import Attachment
+from singleton.config import LeaseOverrides, check_range, validate_key
 from singleton.election import Election, ElectionStatus, Elector, Role
 from singleton.errors import ConfigurationError, NotLeader, SingletonError
 from singleton.token import _CURRENT, StopToken
@@ -54,17 +54,19 @@ T = TypeVar("T")
 _STOP_TOKEN = "stop_token"
 
 # Lease settings given explicitly per key, to refuse contradicting decorations at decoration time.
-_declared: dict[str, tuple[str, tuple[float | None, float | None, float | None]]] = {}
+_declared: dict[str, tuple[str, LeaseOverrides]] = {}
 _declared_lock = threading.Lock()
 
 
-def _declare(key: str, name: str, lease: tuple[float | None, float | None, float | None]) -> None:
+def _declare(key: str, name: str, lease: LeaseOverrides) -> None:
     with _declared_lock:
         previous = _declared.setdefault(key, (name, lease))
     if previous[1] != lease and previous[0] != name:
+        old, new = previous[1], lease
         raise ConfigurationError(
-            f"key {key!r} is already used by {previous[0]} with (ttl, lock_delay, margin)={previous[1]}; "
-            f"{name} asks for {lease}: one key has one lease setting"
+            f"key {key!r} is already used by {previous[0]} with ttl={old.ttl}, lock_delay={old.lock_delay}, "
+            f"margin={old.margin}; {name} asks for ttl={new.ttl}, lock_delay={new.lock_delay}, "
+            f"margin={new.margin}: one key has one lease setting"
         )
 
 
@@ -80,49 +82,43 @@ class LeaderOnlyHandle:
         name: str,
         key: str,
         *,
-        ttl: float | None,
-        lock_delay: float | None,
-        margin: float | None,
+        overrides: LeaseOverrides,
         startup_timeout: float | None,
         elector: Elector | None,
     ) -> None:
         self.name = name
         self.key = key
-        self.ttl = ttl
-        self.lock_delay = lock_delay
-        self.margin = margin
+        self.overrides = overrides
         self.startup_timeout = startup_timeout
-        self._elector = elector
-        self._election: Election | None = None
-        self._lock = threading.Lock()
+        self._attachment = Attachment(key, overrides, elector, owner=name)
         #: How many calls did not run their body (see last_skip_reason for why).
         self.skipped = 0
         self._last_skipped: Election | None = None
-        self._shutdown_reason: str | None = None
-        _runtime.on_fork(self, self._forget)
 
     def __repr__(self) -> str:
         return f"<LeaderOnlyHandle {self.name} key={self.key!r}>"
 
-    def _forget(self) -> None:
-        self._lock = threading.Lock()
-        self._election = None
+    @property
+    def ttl(self) -> float | None:
+        return self.overrides.ttl
+
+    @property
+    def lock_delay(self) -> float | None:
+        return self.overrides.lock_delay
+
+    @property
+    def margin(self) -> float | None:
+        return self.overrides.margin
 
     def _attach(self, wait: bool = True) -> Election | None:
-        """The election of this key, registering it on first use; None once singleton is shut down."""
-        with self._lock:
-            election = self._election
-            if election is None or election.elector.closed:
-                try:
-                    elector = self._elector if self._elector is not None else _runtime.get_elector()
-                except SingletonError as exc:
-                    self._shutdown_reason = str(exc)
-                    return None
-                if elector.closed:
-                    return None
-                election = elector.register(self.key, ttl=self.ttl, lock_delay=self.lock_delay, margin=self.margin)
-                self._election = election
-        if wait and not election._settled.is_set():
+        """The election of this key, registering it on first use; None once singleton is shut down.
+
+        :raises ConfigurationError: a bad setting (loud: raised from every call until fixed).
+        """
+        election = self._attachment.get()
+        if election is None:
+            return None
+        if wait and not election.wait_settled(0):
             timeout = self.startup_timeout
             if timeout is None:
                 timeout = election.elector.settings.startup_timeout
@@ -132,42 +128,68 @@ class LeaderOnlyHandle:
     # -- the public face --------------------------------------------------------------------------
 
     def start(self) -> Election:
-        """Campaign now instead of at the first call; returns the election (does not wait)."""
+        """Campaign now instead of at the first call; returns the election (does not wait).
+
+        :raises ConfigurationError: a bad setting.
+        """
         election = self._attach(wait=False)
         if election is None:
-            raise SingletonError("singleton was shut down in this process")
+            raise SingletonError(f"singleton cannot campaign in this process: {self._attachment.unavailable}")
         return election
 
     @property
     def election(self) -> Election | None:
         """The underlying election, or None before the first call or :meth:`start`."""
-        return self._election
+        return self._attachment.election
 
     @property
     def is_leader(self) -> bool:
-        election = self._election
+        election = self._attachment.election
         return election is not None and election.is_leader
 
     @property
     def token(self) -> StopToken | None:
-        election = self._election
+        election = self._attachment.election
         return None if election is None else election.token
 
     @property
     def holder(self) -> str | None:
-        election = self._election
+        election = self._attachment.election
         return None if election is None else election.holder
 
     def status(self) -> ElectionStatus | None:
-        """Who holds the key and why this process is not leading; None before the first call or start()."""
-        election = self._election
-        return None if election is None else election.status()
+        """Who holds the key and why this process is not leading; None before the first call or start().
+
+        After a configuration error, a status that says so (role STARTING, the error in ``error``).
+        """
+        election = self._attachment.election
+        if election is not None:
+            return election.status()
+        error = self._attachment.error
+        if error is None:
+            return None
+        return ElectionStatus(
+            key=self.key,
+            full_key=self.key,
+            role=Role.STARTING,
+            holder=None,
+            holder_session=None,
+            session=None,
+            fence=None,
+            since=None,
+            lease_remaining=None,
+            reason=f"configuration error: {error}",
+            last_error=f"configuration error: {error}",
+            ttl=self.overrides.ttl or 0.0,
+            lock_delay=self.overrides.lock_delay or 0.0,
+            error=error,
+        )
 
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         return self.start().wait_for_leadership(timeout)
 
     def resign(self, timeout: float | None = 10.0) -> bool:
-        election = self._election
+        election = self._attachment.election
         return False if election is None else election.resign(timeout)
 
     def campaign(self) -> None:
@@ -179,15 +201,19 @@ class LeaderOnlyHandle:
         """The valid token to run under, attaching first if needed; None (and counted) when not leading.
 
         The wrappers call this only off their fast path: first call, after a shutdown, or not leading.
+
+        :raises ConfigurationError: a bad setting.
         """
-        election = self._election
-        if election is None or election.elector.closed:
+        attachment = self._attachment
+        election = attachment.election
+        if election is None or election.elector._closed:
             election = self._attach()
             if election is None:
                 self.skipped += 1
                 self._last_skipped = None
                 return None
-        token = election._token
+        campaign = attachment.campaign
+        token = None if campaign is None else campaign.token
         if token is not None and not token.stopped:
             return token
         self.skipped += 1
@@ -203,14 +229,16 @@ class LeaderOnlyHandle:
 
     def _why_not(self, election: Election | None) -> str:
         if election is None:
-            return self._shutdown_reason or "singleton is shut down in this process"
+            return f"singleton cannot campaign in this process: {self._attachment.unavailable or 'shut down'}"
         status = election.status()
         if status.role is Role.STARTING:
             return "the first acquisition attempt has not finished (startup_timeout)"
+        if status.is_leader:
+            return "this process was not leading then (it leads now)"
         return status.reason or (f"held by {status.holder}" if status.holder else "not leader")
 
     def _not_leader(self) -> NotLeader:
-        election = self._election
+        election = self._attachment.election
         return NotLeader(self.key, election.holder if election is not None else None, self.last_skip_reason)
 
 
@@ -274,17 +302,9 @@ class _Options(Generic[T]):
             startup_timeout = check_range("startup_timeout", startup_timeout, 0.0, 600.0)
         if elector is not None and not isinstance(elector, Elector):
             raise ConfigurationError(f"elector must be an Elector, got {elector!r}")
-        if ttl is not None or lock_delay is not None or margin is not None:
-            # Checked now, at decoration time: the process defaults fill in whatever is not given.
-            LeaseSpec(
-                ttl=15.0 if ttl is None and margin is None else (ttl if ttl is not None else 86400.0),
-                lock_delay=15.0 if lock_delay is None else lock_delay,
-                margin=margin,
-            )
         self.key = key
-        self.ttl = ttl
-        self.lock_delay = lock_delay
-        self.margin = margin
+        # Checked now, at decoration time; how they fit the process defaults is checked at the first call.
+        self.lease = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin)
         self.default = default
         self.on_follower = on_follower
         self.startup_timeout = startup_timeout
@@ -354,16 +374,11 @@ def _decorate(func: Any, options: _Options[Any]) -> Any:
     name = f"{func.__module__}.{func.__qualname__}"
     key = options.key or name
     validate_key(key)
-    _declare(key, name, (options.ttl, options.lock_delay, options.margin))
+    _declare(key, name, options.lease)
     handle = LeaderOnlyHandle(
-        name,
-        key,
-        ttl=options.ttl,
-        lock_delay=options.lock_delay,
-        margin=options.margin,
-        startup_timeout=options.startup_timeout,
-        elector=options.elector,
+        name, key, overrides=options.lease, startup_timeout=options.startup_timeout, elector=options.elector
     )
+    attachment = handle._attachment
     wants_token = _STOP_TOKEN in inspect.signature(func).parameters
     default = options.default
     raise_on_follower = options.on_follower == "raise"
@@ -374,22 +389,22 @@ def _decorate(func: Any, options: _Options[Any]) -> Any:
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            election = handle._election
-            token = None if election is None else election._token
+            campaign = attachment.campaign
+            token = None if campaign is None else campaign.token
             if token is None or token._stopped or token._clock() >= token._lease.deadline:  # type: ignore[union-attr]
-                if handle._election is None:  # first call: the attempt's wait must not block the loop
+                if attachment.campaign is None:  # first call: the attempt's wait must not block the loop
                     await asyncio.get_running_loop().run_in_executor(None, handle._attach)
                 token = handle._token_or_none()
                 if token is None:
                     if raise_on_follower:
                         raise handle._not_leader()
                     return default
-            election = handle._election
-            assert election is not None
+                campaign = attachment.campaign
+            assert campaign is not None
             if wants_token:
                 kwargs[_STOP_TOKEN] = token
             previous = _CURRENT.set(token)
-            bodies = election._bodies
+            bodies = campaign.bodies
             bodies.append(None)
             try:
                 return await func(*args, **kwargs)
@@ -402,20 +417,20 @@ def _decorate(func: Any, options: _Options[Any]) -> Any:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        election = handle._election
-        token = None if election is None else election._token
+        campaign = attachment.campaign
+        token = None if campaign is None else campaign.token
         if token is None or token._stopped or token._clock() >= token._lease.deadline:  # type: ignore[union-attr]
             token = handle._token_or_none()
             if token is None:
                 if raise_on_follower:
                     raise handle._not_leader()
                 return default
-            election = handle._election
-        assert election is not None
+            campaign = attachment.campaign
+        assert campaign is not None
         if wants_token:
             kwargs[_STOP_TOKEN] = token
         previous = _CURRENT.set(token)
-        bodies = election._bodies
+        bodies = campaign.bodies
         bodies.append(None)
         try:
             return func(*args, **kwargs)

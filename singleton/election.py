@@ -1,40 +1,45 @@
-"""The election engine: one thread per process that holds every lock the process campaigns for.
+"""The election engine's public face: one :class:`Elector` per process, one :class:`Election` per key.
 
-An :class:`Elector` owns one session per lease setting (``ttl``, ``lock_delay``, ``margin``; with the
-defaults that is one session for the whole process) and one :class:`Election` per key. Every network
-call is made by the election thread or by the elector's watch threads (one blocking query per key);
-reading an Election's state (``is_leader``, ``token``) never touches the network, so a decorated call
-costs no round trip.
+The elector is a facade over three parts, each in a module of its own, with arrows one way:
+``singleton._session`` (one session per lease setting: create, renew, the local lease),
+``singleton._watch`` (a few blocking queries that tell when a key changes) and ``singleton._campaign``
+(each key's phases and the judgement of every answer). Every network call is made by the election
+thread or the watch threads; reading an Election's state (``is_leader``, ``token``) never touches the
+network, so a decorated call costs no round trip.
 
 What happens when
 -----------------
 *The key is free.* The election thread acquires it (``?acquire=<session>``, value ``hostname:pid``,
-flags = acquisition time in ms). The key's ModifyIndex read right after is the term's fence, and a new
+flags = acquisition time in ms). The key's ModifyIndex is the term's fence, and a new
 :class:`~singleton.token.StopToken` starts the term.
 
-*Another process holds it.* The watch thread's blocking query (HTTP timeout above wait + wait/16)
-returns when the key changes. A release is seen within one round trip and the key acquired at once. A
-key freed by an invalidated session is inside its lock-delay: the next attempt is made when that delay
-can have ended (the release as seen here plus the old holder's lock-delay, read from its session while
-it held the key), not on a coarse poll.
+*Another process holds it.* The watch's blocking query returns when the key changes; a release is seen
+within one round trip and the key acquired at once. A key freed by an invalidated session is inside its
+lock-delay: the next attempt is made when that delay can have ended (the release as seen here plus the
+old holder's lock-delay, read from its session while it held the key), and if Consul still refuses then,
+a little later each time.
 
 *This process holds it.* The session is renewed every ``ttl / 3``. Each successful renewal extends a
 local lease to ``ttl - margin`` after the moment it was *sent*. The token fires, and bodies are no
 longer started, when the lease runs out, when a renewal answers 404 (session invalidated), or when the
-watch sees the key's Session change or the key deleted. The lease runs out before Consul could hand the
-lock to anyone else, however late the election thread is: tokens check it themselves.
+watch sees the key's Session change or the key deleted. Consul cannot expire the session before ``ttl``
+after it received that renewal; and when Consul ends the session early (it deregisters the node: the
+agent left, ``consul force-leave``), the key stays locked for the lock-delay, which is never shorter than
+the lease (:class:`~singleton.config.LeaseSpec`). So the token fires before anyone else can take the
+key, however late the election thread is: tokens check the lease themselves.
 
 *Consul is down.* Renewals are retried with short backoff; an outage shorter than the lease changes
-nothing. A longer one ends the term (the token fires) and the process becomes a follower that keeps
-campaigning with capped backoff; if its session survived, it takes its keys back as soon as a renewal
-lands, otherwise it waits out the lock-delay like everyone else. Errors never reach a decorated call:
-they are logged (rate-limited) and shown by ``Election.status()``.
+nothing. A longer one ends the term (the token fires) and the process keeps campaigning with capped
+backoff. If its session survived, it takes its keys back as soon as a renewal lands, even when restarted
+servers replay an old lock-delay on the key (Consul refuses to re-acquire it then, but the key is still
+held by our session: nobody else can have it). Errors never reach a decorated call: they are logged
+(rate-limited) and shown by :meth:`Election.status`.
 
 *Shutdown* (:meth:`Elector.close`, and at interpreter exit for the default elector): tokens fire,
-running bodies get ``shutdown_grace`` seconds, then each key is *released* and the session destroyed.
-Release first: a destroy alone would start the lock-delay, a release lets a follower take over at once.
-A key whose body is still running after the grace is not released; the session's destruction frees it
-after its lock-delay.
+running bodies get ``shutdown_grace`` seconds, then each key this process holds is *released* and the
+session destroyed. Release first: a destroy alone would start the lock-delay, a release lets a follower
+take over at once. A key whose body is still running after the grace is not released; the session's
+destruction frees it after its lock-delay.
 
 *Fork.* An Elector belongs to the process that created it. In a forked child every elector of the
 parent is disowned: its tokens fire, it refuses all use, and nothing is released (the parent still
@@ -43,7 +48,6 @@ holds the keys). The process-wide one is replaced by a new elector on first use 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import logging
@@ -53,33 +57,34 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
 
+from singleton._campaign import Campaign, Phase
 from singleton._log import RateLimitedLogger
-from singleton.backends import Backend, KeyInfo, create_backend
-from singleton.config import LeaseSpec, Settings, holder_identity
+from singleton._session import SessionEvent, SessionKeeper, SessionUnavailable
+from singleton._watch import KeyChanged, PrefixWatch, WatchFailed, WatchThread, watch_prefixes
+from singleton.backends import Backend, create_backend
+from singleton.config import LOCK_DELAY_MAX, LeaseOverrides, LeaseSpec, Settings, holder_identity
 from singleton.errors import (
-    AccessDenied,
     BackendError,
     BackendUnavailable,
     ConfigurationError,
     LeadershipLost,
-    SessionInvalidated,
     SingletonError,
 )
-from singleton.token import Lease, StopCause, StopToken
+from singleton.token import StopCause, StopToken
 
-__all__ = ["Election", "ElectionStatus", "Elector", "Role"]
+__all__ = ["AcquireOutcome", "AcquireResult", "Election", "ElectionStatus", "Elector", "Phase", "Role"]
 
 _log = logging.getLogger("singleton.election")
 
-#: After a lock-delay has surely ended by our clock, Consul's own clock may still need a moment.
-LOCK_DELAY_SLACK = 0.05
 #: The election thread wakes at least this often even with nothing due (a safety net, not a poll).
 IDLE_WAKEUP = 30.0
-_NEVER = -math.inf
+#: How often :meth:`Election.acquire` calls its ``interrupt`` hook.
+INTERRUPT_EVERY = 0.1
 
 
 class Role(str, enum.Enum):
@@ -114,69 +119,67 @@ class ElectionStatus:
     ttl: float
     lock_delay: float
     #: The error of the latest session or acquisition attempt; None once one succeeded.
-    error: BackendError | None = None
+    error: SingletonError | None = None
     #: The key is free but inside the lock-delay its last holder left: nobody may take it yet.
     in_lock_delay: bool = False
+    #: The campaign's phase (see :class:`~singleton._campaign.Phase`).
+    phase: str = Phase.STARTING.value
+    #: Seconds until the next acquisition attempt, when one is scheduled.
+    next_attempt_in: float | None = None
 
     @property
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
 
-class _Group:
-    """One session and the keys it holds: every key with the same lease settings."""
+class AcquireOutcome(str, enum.Enum):
+    """How :meth:`Election.acquire` ended."""
 
-    def __init__(self, spec: LeaseSpec) -> None:
-        self.spec = spec
-        self.id: str | None = None
-        self.lease = Lease(_NEVER)
-        self.next_renew = _NEVER
-        self.retry_at = _NEVER
-        self.failures = 0
-        self.renew_failures = 0
-        self.elections: list[Election] = []
+    #: This process leads the key; the result carries the term's token.
+    LEADER = "leader"
+    #: Another process held the key when the wait ran out.
+    HELD_ELSEWHERE = "held_elsewhere"
+    #: Consul could not be used: no answer in time, an error on the first attempt, or one at the end.
+    UNAVAILABLE = "unavailable"
+    #: The elector was closed, or the key resigned, while waiting.
+    CLOSED = "closed"
 
-    def valid(self, now: float) -> bool:
-        return self.id is not None and now < self.lease.deadline
 
-    def troubled(self) -> bool:
-        return self.failures > 0 or self.renew_failures > 0
+@dataclass(frozen=True)
+class AcquireResult:
+    outcome: AcquireOutcome
+    #: The term's token (LEADER only).
+    token: StopToken | None = None
+    #: ``hostname:pid`` of the other holder (HELD_ELSEWHERE).
+    holder: str | None = None
+    #: Why it did not lead, in words.
+    reason: str | None = None
+    #: The error behind UNAVAILABLE, when there was one.
+    error: SingletonError | None = None
 
 
 class Election:
     """One key inside one :class:`Elector`. Any thread may read it; only the election thread changes it."""
 
-    def __init__(self, elector: Elector, key: str, full_key: str, spec: LeaseSpec) -> None:
+    def __init__(self, elector: Elector, campaign: Campaign) -> None:
         self.elector = elector
-        self.key = key
-        self.full_key = full_key
-        self.spec = spec
-        self._token: StopToken | None = None
-        self._active = True
-        self._started = False
-        self._settled = threading.Event()
-        self._group: _Group | None = None
-        self._next_attempt: float | None = None
-        self._delay_until = _NEVER
-        self._failures = 0
-        self._seen_index = 0
-        self._holder: str | None = None
-        self._holder_session: str | None = None
-        self._holder_lock_delay: float | None = None
-        #: The session that last acquired the key here: what a release at shutdown must name.
-        self._acquired_by: str | None = None
-        self._released_at: float | None = None
-        self._released_lock_delay: float | None = None
-        self._reason: str | None = "not started"
-        self._last_error: str | None = None
-        self._error: BackendError | None = None
-        #: One item per leader-only body running now. list.append and list.pop are atomic, so the call
-        #: path counts bodies without a lock.
-        self._bodies: list[None] = []
-        self._listeners: list[Callable[[Election], object]] = []
+        self._campaign = campaign
+        campaign.owner = self
 
     def __repr__(self) -> str:
         return f"<Election {self.full_key!r} {self.role.value}>"
+
+    @property
+    def key(self) -> str:
+        return self._campaign.key
+
+    @property
+    def full_key(self) -> str:
+        return self._campaign.full_key
+
+    @property
+    def spec(self) -> LeaseSpec:
+        return self._campaign.spec
 
     # -- listeners ------------------------------------------------------------------------------
 
@@ -186,87 +189,126 @@ class Election:
         It runs on the election thread right after the change (read :attr:`is_leader` to know which):
         keep it short and never block in it. Exceptions are logged and ignored.
         """
-        self._listeners = [*self._listeners, callback]
+        campaign = self._campaign
+        campaign.listeners = [*campaign.listeners, callback]
 
     def remove_listener(self, callback: Callable[[Election], object]) -> None:
-        self._listeners = [cb for cb in self._listeners if cb is not callback]
-
-    def _emit(self) -> None:
-        for callback in self._listeners:
-            try:
-                callback(self)
-            except Exception:
-                _log.exception("leadership listener %r of %r failed", callback, self.key)
+        campaign = self._campaign
+        campaign.listeners = [cb for cb in campaign.listeners if cb is not callback]
 
     # -- reading (any thread, no I/O) -----------------------------------------------------------
 
     @property
     def token(self) -> StopToken | None:
         """The current term's stop token, or None when not leading."""
-        token = self._token
+        token = self._campaign.token
         return None if token is None or token.stopped else token
 
     @property
     def is_leader(self) -> bool:
-        token = self._token
-        return token is not None and not token.stopped
+        return self._campaign.leading
 
     @property
     def role(self) -> Role:
-        if self.is_leader:
+        campaign = self._campaign
+        if campaign.leading:
             return Role.LEADER
-        if not self._active:
+        if campaign.phase is Phase.RESIGNED:
             return Role.RESIGNED
-        return Role.FOLLOWER if self._settled.is_set() else Role.STARTING
+        return Role.STARTING if campaign.phase is Phase.STARTING else Role.FOLLOWER
+
+    @property
+    def phase(self) -> Phase:
+        return self._campaign.phase
 
     @property
     def holder(self) -> str | None:
-        return self._holder
+        return self._campaign.holder
 
     @property
     def running(self) -> int:
         """How many leader-only bodies of this key are running now."""
-        return len(self._bodies)
+        return len(self._campaign.bodies)
 
     def status(self) -> ElectionStatus:
-        token = self._token
+        c = self._campaign
+        token = c.token
         leading = token is not None and not token.stopped
-        group = self._group
+        now = self.elector._clock()
+        scheduled = c.phase in (Phase.STARTING, Phase.ATTEMPT_DUE, Phase.BACKING_OFF, Phase.LOCK_DELAY)
         return ElectionStatus(
-            key=self.key,
-            full_key=self.full_key,
+            key=c.key,
+            full_key=c.full_key,
             role=self.role,
-            holder=self._holder,
-            holder_session=self._holder_session,
-            session=group.id if group is not None else None,
+            holder=c.holder,
+            holder_session=c.holder_session,
+            session=c.keeper.id,
             fence=token.fence if leading and token else None,
             since=token.since if leading and token else None,
             lease_remaining=token.remaining() if leading and token else None,
-            reason=None if leading else (token.reason if token is not None else self._reason),
-            last_error=self._last_error,
-            ttl=self.spec.ttl,
-            lock_delay=self.spec.lock_delay,
-            error=None if leading else self._error,
-            in_lock_delay=not leading and self._delay_until > self.elector._clock(),
+            reason=None if leading else (token.reason if token is not None else c.reason),
+            last_error=c.last_error,
+            ttl=c.spec.ttl,
+            lock_delay=c.spec.lock_delay or 0.0,
+            error=None if leading else c.error,
+            in_lock_delay=not leading and c.phase is Phase.LOCK_DELAY and c.due > now,
+            phase=c.phase.value,
+            next_attempt_in=max(0.0, c.due - now) if scheduled and math.isfinite(c.due) else None,
         )
 
     # -- waiting --------------------------------------------------------------------------------
 
     def wait_settled(self, timeout: float | None) -> bool:
         """Wait until the first acquisition attempt has an outcome (leader, follower, or an error)."""
-        return self._settled.wait(timeout)
+        return self._campaign.settled.wait(timeout)
 
     def wait_for_leadership(self, timeout: float | None = None) -> bool:
         """Block until this process leads the key, or ``timeout`` seconds pass. Returns :attr:`is_leader`."""
         self.elector.start()
         end = None if timeout is None else time.monotonic() + timeout
         with self.elector._changed:
-            while not self.is_leader:
+            while not self.is_leader and not self.elector.closed:
                 remaining = None if end is None else end - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                self.elector._changed.wait(remaining if remaining is not None else IDLE_WAKEUP)
+                self.elector._changed.wait(min(remaining, IDLE_WAKEUP) if remaining is not None else IDLE_WAKEUP)
         return self.is_leader
+
+    def acquire(
+        self,
+        timeout: float | None = None,
+        *,
+        settle_timeout: float | None = None,
+        give_up_on_error: bool = True,
+        interrupt: Callable[[], None] | None = None,
+    ) -> AcquireResult:
+        """Block until this process leads the key, or until it is clear that it will not.
+
+        :param timeout: how long to wait for another holder to let go: None waits for ever, 0 not at
+            all (the answer comes as soon as the first attempt sees another holder). A key that is
+            free but inside a lock-delay is waited for in any case: the delay ends within 60 s.
+        :param settle_timeout: how long the first attempt may take before the result is UNAVAILABLE
+            (default: the settings' ``startup_timeout``, at least the HTTP timeout plus a second).
+        :param give_up_on_error: an error on the first attempt (Consul unreachable, an ACL denial), or
+            at the end of ``timeout``, makes the result UNAVAILABLE; False retries for as long as it
+            takes, as Go's ``MaybeAcquireLeadership`` did.
+        :param interrupt: called at every wake-up, at least every 0.1 s, outside any lock of ours; it may
+            raise to abandon the wait (the command line handles signals with it).
+        """
+        elector = self.elector
+        elector.start()
+        settings = elector.settings
+        if settle_timeout is None:
+            settle_timeout = max(settings.startup_timeout, settings.consul.timeout + 1.0)
+        wait = _AcquireWait(self, timeout, settle_timeout, give_up_on_error)
+        while True:
+            if interrupt is not None:
+                interrupt()
+            with elector._changed:  # read and wait under the lock that every change notifies through
+                verdict = wait.verdict(time.monotonic())
+                if isinstance(verdict, AcquireResult):
+                    return verdict
+                elector._changed.wait(verdict if interrupt is None else min(verdict, INTERRUPT_EVERY))
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -275,20 +317,18 @@ class Election:
 
         Returns True once the election thread has released the key (within ``timeout``).
         """
-        self._active = False
-        token = self._token
+        token = self._campaign.token
         if token is not None:
             token.fire("resigned", StopCause.RESIGNED)
         done = threading.Event()
-        self.elector._post(("resign", self, done))
+        self.elector._post(_Resign(self._campaign, done))
         if self.elector._thread is None:
             return False
         return done.wait(timeout)
 
     def campaign(self) -> None:
         """Campaign again after :meth:`resign`."""
-        self._active = True
-        self.elector._post(("campaign", self))
+        self.elector._post(_Rejoin(self._campaign))
         self.elector.start()
 
     # -- bodies ---------------------------------------------------------------------------------
@@ -305,17 +345,112 @@ class Election:
         if token is None:
             token = self.token
             if token is None:
-                raise LeadershipLost(self.key, self._reason or "this process does not hold the key")
+                raise LeadershipLost(self.key, self._campaign.reason or "this process does not hold the key")
         token.raise_if_stopped()
-        self._bodies.append(None)
+        bodies = self._campaign.bodies
+        bodies.append(None)
         try:
             with token.activate():
                 yield token
         finally:
-            self._bodies.pop()
+            bodies.pop()
 
 
-_Message = tuple[Any, ...]
+class _AcquireWait:
+    """The rules of :meth:`Election.acquire`, judged again at every change."""
+
+    def __init__(
+        self, election: Election, timeout: float | None, settle_timeout: float, give_up_on_error: bool
+    ) -> None:
+        self.election = election
+        self.timeout = timeout
+        self.settle_timeout = settle_timeout
+        self.give_up_on_error = give_up_on_error
+        began = time.monotonic()
+        self.settle_by = began + settle_timeout
+        self.wait_end = None if timeout is None else began + max(0.0, timeout)
+        self.free_since: float | None = None
+        self.judged_first = False
+
+    def verdict(self, now: float) -> AcquireResult | float:
+        """The result, or how long to wait for the next change (at most IDLE_WAKEUP)."""
+        election = self.election
+        c = election._campaign
+        token = election.token
+        if token is not None:
+            return AcquireResult(AcquireOutcome.LEADER, token=token)
+        if election.elector.closed or c.phase is Phase.RESIGNED:
+            return AcquireResult(AcquireOutcome.CLOSED, reason=c.reason or "closed")
+        wait_over = self.wait_end is not None and now >= self.wait_end
+        until: float | None = self.wait_end
+        if not c.settled.is_set():
+            if now >= self.settle_by:
+                description = election.elector.backend.description
+                return AcquireResult(
+                    AcquireOutcome.UNAVAILABLE,
+                    reason=f"{description} did not answer within {self.settle_timeout:g}s",
+                    error=c.error,
+                )
+            until = self.settle_by
+        elif c.error is not None and self.give_up_on_error and (not self.judged_first or wait_over):
+            return AcquireResult(AcquireOutcome.UNAVAILABLE, reason=c.reason or str(c.error), error=c.error)
+        elif c.phase is Phase.WATCHING:
+            self.free_since = None
+            if wait_over:
+                return AcquireResult(AcquireOutcome.HELD_ELSEWHERE, holder=c.holder, reason=c.reason)
+        elif c.phase is Phase.BACKING_OFF:
+            if not self.give_up_on_error:
+                until = None
+        else:
+            # Free, inside a lock-delay, or about to be attempted: waited for in any case, within a
+            # bound (a lock-delay ends within LOCK_DELAY_MAX, then one of the waiting processes wins).
+            if self.free_since is None:
+                self.free_since = now
+            if self.timeout is not None:
+                give_up = max(self.free_since + LOCK_DELAY_MAX + self.settle_timeout, self.wait_end or 0.0)
+                if now >= give_up:
+                    return AcquireResult(
+                        AcquireOutcome.UNAVAILABLE, reason=c.reason or "the key could not be acquired", error=c.error
+                    )
+                until = give_up
+        self.judged_first = self.judged_first or c.settled.is_set()
+        return IDLE_WAKEUP if until is None else min(IDLE_WAKEUP, max(0.0, until - now))
+
+
+# -- the election thread's inbox -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Register:
+    campaign: Campaign
+
+
+@dataclass(frozen=True)
+class _Resign:
+    campaign: Campaign
+    done: threading.Event
+
+
+@dataclass(frozen=True)
+class _Rejoin:
+    campaign: Campaign
+
+
+_Message = _Register | _Resign | _Rejoin | KeyChanged | WatchFailed
+
+
+@dataclass
+class _Group:
+    """One session and the campaigns under it: every key with the same lease settings."""
+
+    keeper: SessionKeeper
+    campaigns: list[Campaign] = field(default_factory=list)
+
+    def wanted(self) -> bool:
+        return any(c.phase is not Phase.RESIGNED for c in self.campaigns)
+
+    def leading(self) -> bool:
+        return any(c.phase is Phase.LEADING for c in self.campaigns)
 
 
 class Elector:
@@ -323,7 +458,8 @@ class Elector:
 
     ``settings`` default to :meth:`Settings.from_env`; ``backend`` defaults to the one they name.
     ``clock`` is the monotonic clock every deadline is measured on (inject a fake one in tests, and
-    drive the elector with :meth:`step` and ``watch="inline"`` instead of threads).
+    drive the elector with :meth:`step` and ``watch="inline"`` instead of threads). ``rng`` is the
+    random source of the retry policies' jitter.
     """
 
     def __init__(
@@ -339,6 +475,8 @@ class Elector:
     ) -> None:
         if watch not in ("thread", "inline"):
             raise ConfigurationError(f"watch must be 'thread' or 'inline', got {watch!r}")
+        if settings is not None and not isinstance(settings, Settings):
+            raise ConfigurationError(f"settings must be a singleton.Settings, got {type(settings).__name__}")
         self.settings = settings if settings is not None else Settings.from_env()
         self.backend = backend if backend is not None else create_backend(self.settings)
         self.identity = self.settings.identity or holder_identity()
@@ -351,12 +489,14 @@ class Elector:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._changed = threading.Condition()
-        self._inbox: collections.deque[_Message] = collections.deque()
+        self._inbox: deque[_Message] = deque()
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._elections: dict[str, Election] = {}
         self._groups: dict[LeaseSpec, _Group] = {}
-        self._watchers: dict[str, _Watcher] = {}
+        self._watches: dict[str, PrefixWatch] = {}
+        self._watch_threads: dict[str, WatchThread] = {}
+        self._warned_whole_store = False
         self._thread: threading.Thread | None = None
         self._closed = False
         self._rlog = RateLimitedLogger(_log, clock=clock)
@@ -387,30 +527,56 @@ class Elector:
         ttl: float | None = None,
         lock_delay: float | None = None,
         margin: float | None = None,
+        overrides: LeaseOverrides | None = None,
         start: bool = True,
     ) -> Election:
         """Campaign for ``key`` (idempotent). The first attempt is made at once by the election thread.
+
+        The lease settings are the process's, changed by ``overrides`` (or ``ttl``, ``lock_delay``,
+        ``margin``): see :meth:`LeaseSpec.derive`.
 
         :raises ConfigurationError: a bad key or lease setting, or ``key`` already registered with
             different lease settings.
         """
         full_key = self.settings.full_key(key)
-        spec = self.settings.lease_for(ttl, lock_delay, margin)
+        if overrides is None:
+            overrides = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin)
+        spec = self.settings.lease.derive(overrides)
         with self._lock:
             if self._closed:
                 raise SingletonError(f"this elector is closed; cannot campaign for {key!r}")
             election = self._elections.get(full_key)
             if election is not None:
                 if election.spec != spec:
+                    old = election.spec
                     raise ConfigurationError(
-                        f"key {key!r} is already campaigned for with ttl={election.spec.ttl:g}, "
-                        f"lock_delay={election.spec.lock_delay:g}, margin={election.spec.margin:g}; "
+                        f"key {key!r} is already campaigned for with ttl={old.ttl:g}, "
+                        f"lock_delay={old.lock_delay:g}, margin={old.margin:g}; "
                         f"got ttl={spec.ttl:g}, lock_delay={spec.lock_delay:g}, margin={spec.margin:g}"
                     )
                 return election
-            election = Election(self, key, full_key, spec)
+            group = self._groups.get(spec)
+            if group is None:
+                keeper = SessionKeeper(
+                    spec, self.backend, name=self.session_name, clock=self._clock, rng=self._rng, rlog=self._rlog
+                )
+                group = self._groups[spec] = _Group(keeper)
+            campaign = Campaign(
+                key,
+                full_key,
+                spec,
+                keeper=group.keeper,
+                backend=self.backend,
+                identity=self.identity,
+                clock=self._clock,
+                wall_clock=self._wall,
+                rng=self._rng,
+                rlog=self._rlog,
+                notify=self._notify,
+            )
+            election = Election(self, campaign)
             self._elections[full_key] = election
-        self._post(("register", election))
+        self._post(_Register(campaign))
         if start:
             self.start()
         return election
@@ -444,15 +610,15 @@ class Elector:
         if os.getpid() != self.pid:  # an inherited copy in a forked child: the parent owns the session
             self._stop.set()
             return
-        elections = self.elections
-        for election in elections:
-            election._active = False
-            token = election._token
-            if token is not None and token.fire("shutting down", StopCause.SHUTDOWN):
-                election._emit()
+        campaigns = [e._campaign for e in self.elections]
+        for campaign in campaigns:
+            token = campaign.token
+            if token is not None:
+                token.fire("shutting down", StopCause.SHUTDOWN)
+        self._notify()
         end = time.monotonic() + grace
         with self._changed:
-            while any(e._bodies for e in elections):
+            while any(c.bodies for c in campaigns):
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     break
@@ -462,72 +628,67 @@ class Elector:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.settings.consul.timeout + 1.0)
-        self._release_all(elections)
+        # The election thread has stopped: from here this thread is the campaigns' only writer.
+        for campaign in campaigns:
+            campaign.shut_down()
+        self._release_all(campaigns)
         # Watch threads are daemons blocked in a query for up to watch_wait: they see _stop and end when
         # it returns. Waiting for them would only delay the exit.
         self.backend.close()
-        with self._changed:
-            self._changed.notify_all()
+        self._notify()
 
     def _disown_after_fork(self) -> None:
         """In a forked child: this elector belongs to the parent. Fire its tokens (without locks or
         callbacks, which belong to the parent's threads), make it refuse all use, and let the backend
         drop what would keep the parent's locks alive. No network call: the parent still holds the keys."""
         self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._closed = True
         for election in list(self._elections.values()):
-            token = election._token
-            if token is not None:
-                token._fire_in_forked_child("this process is a fork of the leader; leadership stays with the parent")
-            election._token = None
-            election._active = False
+            election._campaign.disown("this process is a fork of the leader; leadership stays with the parent")
         try:
             self.backend.after_fork_in_child()
         except Exception:
             _log.exception("the backend's after-fork clean-up failed")
 
-    def _release_all(self, elections: list[Election]) -> None:
+    def _release_all(self, campaigns: list[Campaign]) -> None:
         """Release each key this process holds, then destroy the sessions.
 
         Once a call finds the backend unreachable the rest are skipped, so a down Consul delays the
         shutdown by one request timeout, not one per key: the sessions then expire on their own.
         """
-        value = self.identity.encode()
         unreachable: BackendError | None = None
-        for election in elections:
-            group = election._group
-            if group is None or group.id is None or election._acquired_by != group.id:
+        for campaign in campaigns:
+            keeper = campaign.keeper
+            if keeper.id is None or campaign.held_by != keeper.id or unreachable is not None:
                 continue
-            election._token = None
-            election._reason = "shut down"
-            if election._bodies:
+            if campaign.bodies:
                 _log.warning(
                     "%r still has %d running bodies after the shutdown grace: not released; it frees "
                     "itself %gs after the session is destroyed (lock-delay)",
-                    election.key,
-                    election.running,
-                    group.spec.lock_delay,
+                    campaign.key,
+                    len(campaign.bodies),
+                    campaign.spec.lock_delay,
                 )
                 continue
-            if unreachable is not None:
-                continue
             try:
-                self.backend.release(election.full_key, group.id, value)
+                campaign.release()
             except BackendUnavailable as exc:
                 unreachable = exc
             except BackendError as exc:
-                _log.warning("could not release %r at shutdown: %s", election.key, exc)
+                _log.warning("could not release %r at shutdown: %s", campaign.key, exc)
         for group in list(self._groups.values()):
-            if group.id is None:
+            if group.keeper.id is None:
                 continue
-            if unreachable is None:
-                try:
-                    self.backend.destroy_session(group.id)
-                except BackendUnavailable as exc:
-                    unreachable = exc
-                except BackendError as exc:
-                    _log.warning("could not destroy session %s at shutdown: %s", group.id, exc)
-            group.id = None
+            if unreachable is not None:
+                group.keeper.id = None
+                continue
+            try:
+                group.keeper.destroy()
+            except BackendUnavailable as exc:
+                unreachable = exc
+            except BackendError as exc:
+                _log.warning("could not destroy the session at shutdown: %s", exc)
         if unreachable is not None:
             _log.warning(
                 "could not release the keys at shutdown (%s); Consul frees them when the session expires "
@@ -540,6 +701,10 @@ class Elector:
     def _post(self, message: _Message) -> None:
         self._inbox.append(message)
         self._wakeup.set()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def _run(self) -> None:
         _log.debug("election thread started for %s", self.identity)
@@ -563,367 +728,116 @@ class Elector:
             return IDLE_WAKEUP
         if self._watch_mode == "inline":
             self._poll_watches()
-        for group in list(self._groups.values()):
-            self._tend_session(group)
-        for election in self.elections:
-            self._tend_election(election)
+        groups = list(self._groups.values())
+        for group in groups:
+            self._dispatch(group, group.keeper.tend(self._clock(), wanted=group.wanted()))
+        for group in groups:
+            keeper = group.keeper
+            for campaign in list(group.campaigns):
+                if not campaign.wants_attempt(self._clock()):
+                    continue
+                # Many attempts in one step against a slow agent must not push a renewal past the lease.
+                self._dispatch(group, keeper.renew_if_due())
+                if keeper.valid(self._clock()):
+                    lost = campaign.attempt()
+                    if lost is not None:
+                        self._dispatch(group, [lost])
+                elif keeper.error is not None and campaign.phase is Phase.STARTING:
+                    campaign.on_session_event(SessionUnavailable(keeper.error))
         return self._next_due()
 
+    def _dispatch(self, group: _Group, events: list[SessionEvent]) -> None:
+        for event in events:
+            for campaign in list(group.campaigns):
+                campaign.on_session_event(event)
+
     def _drain(self) -> None:
+        adopted = False
         while self._inbox:
             message = self._inbox.popleft()
-            kind, election = message[0], message[1]
-            if kind == "register":
-                self._adopt(election)
-            elif kind == "watch":
-                self._on_watch(election, message[2], message[3], message[4])
-            elif kind == "watch_error":  # the acquisition attempts say why better; keep it as last_error
-                self._note_error(election, message[2], "watch", set_reason=False)
-            elif kind == "resign":
-                self._on_resign(election)
-                message[2].set()
-            elif kind == "campaign":
-                election._next_attempt = self._clock()
+            if isinstance(message, KeyChanged):
+                election = self._elections.get(message.full_key)
+                if election is not None:
+                    election._campaign.on_key_changed(message)
+            elif isinstance(message, WatchFailed):  # the attempts say why better; keep it as history
+                election = self._elections.get(message.full_key)
+                if election is not None:
+                    election._campaign.note_error(message.error, "watch", current=False)
+            elif isinstance(message, _Register):
+                self._adopt(message.campaign)
+                adopted = True
+            elif isinstance(message, _Resign):
+                message.campaign.resign()
+                message.done.set()
+            elif isinstance(message, _Rejoin):
+                message.campaign.rejoin()
+        if adopted:  # once per batch: a thousand keys registered at once regroup once
+            self._regroup_watches()
 
-    def _adopt(self, election: Election) -> None:
-        group = self._groups.get(election.spec)
-        if group is None:
-            group = self._groups[election.spec] = _Group(election.spec)
-        if group.id is None and group.retry_at > self._clock():
-            group.retry_at = self._clock()  # a new key: try to create the session now
-        election._group = group
-        election._next_attempt = self._clock()
-        group.elections.append(election)
-        if self._watch_mode == "thread" and not self._stop.is_set():
-            prefix = self.settings.key_prefix
-            if prefix:  # one recursive blocking query for every key of the process
-                if prefix not in self._watchers:
-                    self._watchers[prefix] = _Watcher(self, None, prefix)
-                    self._watchers[prefix].start()
-            else:
-                watcher = _Watcher(self, election)
-                self._watchers[election.full_key] = watcher
-                watcher.start()
+    def _adopt(self, campaign: Campaign) -> None:
+        group = self._groups[campaign.spec]
+        keeper = group.keeper
+        if keeper.id is None and keeper.retry_at > self._clock():
+            keeper.retry_at = self._clock()  # a new key: try to create the session now
+        group.campaigns.append(campaign)
 
-    # -- sessions -------------------------------------------------------------------------------
-
-    def _backoff(self, failures: int, base: float, cap: float) -> float:
-        delay = min(cap, base * 2.0 ** max(0, failures - 1))
-        return delay * (0.8 + 0.4 * self._rng.random())
-
-    def _tend_session(self, group: _Group) -> None:
-        now = self._clock()
-        if group.id is None:
-            if now >= group.retry_at and any(e._active for e in group.elections):
-                self._create_session(group)
-            return
-        if now >= group.lease.deadline:
-            self._end_terms(
-                group.elections,
-                f"no renewal reached Consul within the {group.spec.lease:g}s lease (ttl {group.spec.ttl:g}s "
-                f"minus margin {group.spec.margin:g}s)",
-                StopCause.LEASE_EXPIRED,
+    def _regroup_watches(self) -> None:
+        """Watch every key through at most a few prefixes (see ``singleton._watch``)."""
+        keys = list(self._elections)
+        prefixes = watch_prefixes(keys, self.settings.key_prefix)
+        if prefixes == [""] and not self._warned_whole_store and self._watch_mode == "thread":
+            self._warned_whole_store = True
+            _log.warning(
+                "the %d keys of this process share no prefix: one blocking query watches the whole KV store; "
+                "set a key prefix (SINGLETON_KEY_PREFIX) to watch only yours",
+                len(keys),
             )
-        if now >= group.next_renew:
-            self._renew(group)
+        for prefix in list(self._watches):
+            if prefix not in prefixes:
+                del self._watches[prefix]
+                thread = self._watch_threads.pop(prefix, None)
+                if thread is not None:
+                    thread.retire()
+        for prefix in prefixes:
+            if prefix in self._watches:
+                continue
+            watch = PrefixWatch(prefix, self.backend, self._watched_keys, self.settings.watch_wait)
+            self._watches[prefix] = watch
+            if self._watch_mode == "thread" and not self._stop.is_set():
+                thread = WatchThread(watch, self._post, self._stop, self._rng)
+                self._watch_threads[prefix] = thread
+                thread.start()
 
-    def _create_session(self, group: _Group) -> None:
-        sent = self._clock()
-        try:
-            session_id = self.backend.create_session(
-                name=self.session_name, ttl=group.spec.ttl, lock_delay=group.spec.lock_delay
-            )
-        except BackendError as exc:
-            group.failures += 1
-            group.retry_at = self._clock() + self._backoff(group.failures, 0.5, 5.0)
-            for election in group.elections:
-                self._note_error(election, exc, "create a session")
-                election._settled.set()
-            return
-        if group.failures:
-            _log.info("%s: session created again after %d failed attempts", self.backend.description, group.failures)
-            self._rlog.reset("session")
-        group.failures = 0
-        group.id = session_id
-        for election in group.elections:
-            election._error = None
-        group.lease = Lease(sent + group.spec.lease)
-        group.next_renew = sent + group.spec.renew_interval
-        for election in group.elections:
-            if election._next_attempt is None:
-                election._next_attempt = sent
-
-    def _renew(self, group: _Group) -> None:
-        assert group.id is not None
-        sent = self._clock()
-        try:
-            self.backend.renew_session(group.id)
-        except SessionInvalidated as exc:
-            self._session_lost(group, f"session invalidated: {exc}")
-            return
-        except BackendError as exc:
-            group.renew_failures += 1
-            now = self._clock()
-            cap = min(2.0, group.spec.renew_interval)
-            group.next_renew = now + self._backoff(group.renew_failures, 0.25, cap)
-            remaining = group.lease.deadline - now
-            self._rlog.log(
-                logging.WARNING,
-                "renew",
-                "session renewal failed (%s); %s",
-                exc,
-                f"leadership ends in {remaining:.1f}s unless a renewal lands"
-                if remaining > 0 and any(e._token for e in group.elections)
-                else "retrying",
-            )
-            for election in group.elections:
-                election._last_error = f"renewing the session: {exc}"
-                election._error = exc
-            return
-        now = self._clock()
-        if group.renew_failures:
-            _log.info("session %s renewed again after %d failed attempts", group.id, group.renew_failures)
-            self._rlog.reset("renew")
-        group.renew_failures = 0
-        group.next_renew = sent + group.spec.renew_interval
-        for election in group.elections:
-            election._error = None
-        if now >= group.lease.deadline:
-            # The lease ran out before this renewal was answered: the old terms are over for good.
-            self._end_terms(
-                group.elections, "the local lease ran out before a renewal was answered", StopCause.LEASE_EXPIRED
-            )
-            group.lease = Lease(sent + group.spec.lease)
-            for election in group.elections:
-                if election._active and election._next_attempt is None:
-                    election._next_attempt = now
-        else:
-            group.lease.deadline = sent + group.spec.lease
-
-    def _session_lost(self, group: _Group, reason: str) -> None:
-        self._end_terms(group.elections, reason, StopCause.SESSION_GONE)
-        _log.warning("%s; creating a new session", reason)
-        now = self._clock()
-        group.id = None
-        group.lease = Lease(_NEVER)
-        group.next_renew = _NEVER
-        group.retry_at = now
-        for election in group.elections:
-            if election._next_attempt is None:
-                election._next_attempt = now
-
-    # -- keys -----------------------------------------------------------------------------------
-
-    def _tend_election(self, election: Election) -> None:
-        if not election._active or election._token is not None or election._next_attempt is None:
-            return
-        group = election._group
-        now = self._clock()
-        if group is None or now < election._next_attempt:
-            return
-        if group.id is not None and now >= group.next_renew:
-            # Many attempts in one step against a slow agent must not push a renewal past the lease.
-            self._renew(group)
-            now = self._clock()
-        if not group.valid(now):
-            if group.troubled() and not election._settled.is_set():
-                election._reason = election._reason or "no valid session"
-                election._settled.set()
-            return
-        self._attempt(election, group)
-
-    def _attempt(self, election: Election, group: _Group) -> None:
-        assert group.id is not None
-        try:
-            result = self.backend.acquire(
-                election.full_key, group.id, self.identity.encode(), flags=int(self._wall() * 1000)
-            )
-        except SessionInvalidated as exc:
-            self._session_lost(group, f"session invalidated: {exc}")
-            election._settled.set()
-            return
-        except BackendError as exc:
-            election._failures += 1
-            cap = 60.0 if isinstance(exc, AccessDenied) else 5.0
-            election._next_attempt = self._clock() + self._backoff(election._failures, 0.5, cap)
-            self._note_error(election, exc, "acquire the key")
-            election._settled.set()
-            return
-        now = self._clock()
-        election._failures = 0
-        election._error = None
-        entry = result.entry
-        if result.acquired and entry is not None:
-            if not group.valid(now):  # the lease ran out during the call: prove the session first
-                election._next_attempt = now
-                return
-            token = StopToken(
-                election.key, fence=entry.modify_index, lease=group.lease, clock=self._clock, since=self._wall()
-            )
-            election._seen_index = max(election._seen_index, entry.modify_index)
-            election._holder, election._holder_session = self.identity, group.id
-            election._acquired_by = group.id
-            election._next_attempt = None
-            election._delay_until = _NEVER
-            election._reason = None
-            election._token = token
-            _log.info("%s is now the leader of %r (fence %d)", self.identity, election.key, entry.modify_index)
-            election._settled.set()
-            self._notify()
-            election._emit()
-            return
-        self._observe(election, entry, now)
-        if result.in_lock_delay:
-            end = self._lock_delay_end(election, now)
-            election._delay_until = end
-            election._next_attempt = end
-            election._reason = f"the key is free but inside a lock-delay; next attempt in {end - now:.2f}s"
-        else:
-            election._next_attempt = None  # the watch tells us when it changes
-            election._reason = f"held by {election._holder or 'another session'}"
-        election._settled.set()
-
-    def _lock_delay_end(self, election: Election, now: float) -> float:
-        """When the lock-delay of the key's last holder has surely ended, by our clock."""
-        if not self.backend.lock_delays:  # a free key refused: another process won a race, or the
-            election._failures += 1  # dying holder's lock is not gone yet. Look again very soon.
-            return now + min(0.5, 0.01 * 2.0 ** min(election._failures, 6))
-        spec = election.spec
-        seen = election._released_at
-        delay = election._released_lock_delay
-        if delay is None:
-            delay = spec.lock_delay
-        end = (now if seen is None else seen) + delay + LOCK_DELAY_SLACK
-        if end <= now:
-            # By our reckoning it is over, yet Consul still refuses: a clock or a delay we do not
-            # know. Retry soon, a little later each time.
-            election._failures += 1
-            end = now + min(1.0, 0.05 * 2 ** min(election._failures, 5))
-        return end
-
-    def _observe(self, election: Election, entry: KeyInfo | None, now: float) -> None:
-        """Record who holds the key, and when a holder let go (for the lock-delay arithmetic)."""
-        session = entry.session if entry is not None else None
-        if session != election._holder_session:
-            if election._holder_session is not None and session is None:
-                election._released_at = now
-                election._released_lock_delay = election._holder_lock_delay
-            election._holder_lock_delay = None
-            group = election._group
-            if session is not None and (group is None or session != group.id):
-                try:
-                    info = self.backend.session_info(session)
-                    election._holder_lock_delay = info.lock_delay if info is not None else None
-                except BackendError as exc:
-                    _log.debug("could not read the holder's session %s: %s", session, exc)
-            election._holder_session = session
-        election._holder = entry.holder if entry is not None and session is not None else None
-        if session is None and entry is not None and entry.holder:
-            election._reason = f"free (last held by {entry.holder})"
-
-    def _on_watch(self, election: Election, index: int, entry: KeyInfo | None, reset: bool) -> None:
-        if reset:
-            election._seen_index = 0
-        if index < election._seen_index:
-            return  # older than what we already know (a watch that began before our acquisition)
-        election._seen_index = index
-        now = self._clock()
-        group = election._group
-        ours = group.id if group is not None else None
-        self._observe(election, entry, now)
-        session = entry.session if entry is not None else None
-        if election._token is not None:
-            if session is not None and session == ours:
-                return
-            if entry is None:
-                reason, cause = "the key was deleted", StopCause.KEY_DELETED
-            elif session is None:
-                reason = "the key was released by Consul (session invalidated or released by an operator)"
-                cause = StopCause.KEY_RELEASED
-            else:
-                reason, cause = f"the key is now held by {entry.holder} (session {session})", StopCause.KEY_TAKEN
-            self._end_term(election, reason, cause)
-            election._next_attempt = now
-            return
-        if election._active and (session is None or session == ours):
-            if election._delay_until > now:
-                election._next_attempt = election._delay_until
-            else:
-                election._next_attempt = now
-
-    def _on_resign(self, election: Election) -> None:
-        self._end_term(election, "resigned", StopCause.RESIGNED)
-        election._reason = "resigned"
-        election._next_attempt = None
-        group = election._group
-        if group is None or group.id is None or election._acquired_by != group.id:
-            return
-        try:
-            self.backend.release(election.full_key, group.id, self.identity.encode())
-        except BackendError as exc:
-            self._note_error(election, exc, "release the key")
-
-    def _end_terms(self, elections: Iterable[Election], reason: str, cause: StopCause) -> None:
-        for election in list(elections):
-            self._end_term(election, reason, cause)
-
-    def _end_term(self, election: Election, reason: str, cause: StopCause) -> None:
-        token = election._token
-        if token is None:
-            return
-        token.fire(reason, cause)  # first: a caller holding this token must see it stopped
-        election._token = None
-        election._reason = reason
-        level = logging.INFO if reason in ("resigned", "shutting down") else logging.WARNING
-        _log.log(level, "%s is no longer the leader of %r: %s", self.identity, election.key, reason)
-        self._notify()
-        election._emit()
-
-    def _note_error(self, election: Election, exc: BackendError, doing: str, set_reason: bool = True) -> None:
-        election._last_error = f"{doing}: {exc}"
-        if set_reason:
-            election._error = exc
-        if set_reason and not election._token:
-            election._reason = f"could not {doing}: {exc}"
-        level = logging.ERROR if isinstance(exc, AccessDenied) else logging.WARNING
-        self._rlog.log(level, f"{doing}:{type(exc).__name__}", "%r: could not %s: %s", election.key, doing, exc)
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+    def _watched_keys(self) -> list[str]:
+        return list(self._elections)
 
     def _poll_watches(self) -> None:
-        """watch="inline": read every key once instead of blocking queries (for tests without threads)."""
-        for election in self.elections:
-            if election._group is None:
-                continue
+        """watch="inline": read every prefix once instead of blocking queries (for tests without threads)."""
+        for watch in list(self._watches.values()):
             try:
-                index, entry = self.backend.read(election.full_key)
+                _, changes = watch.poll(0)
             except BackendError as exc:
-                self._note_error(election, exc, "read the key")
+                for key in watch.watched():
+                    self._post(WatchFailed(key, exc))
                 continue
-            if index != election._seen_index:
-                self._on_watch(election, index, entry, index < election._seen_index)
+            for change in changes:
+                self._post(change)
+        self._drain()
 
     def _next_due(self) -> float:
         now = self._clock()
         due = now + IDLE_WAKEUP
         for group in list(self._groups.values()):
-            if group.id is None:
-                if any(e._active for e in group.elections):
-                    due = min(due, group.retry_at)
-                continue
-            due = min(due, group.next_renew)
-            if any(e._token is not None for e in group.elections):
-                due = min(due, group.lease.deadline)
-            if group.valid(now):
-                for election in group.elections:
-                    if election._active and election._token is None and election._next_attempt is not None:
-                        due = min(due, election._next_attempt)
+            keeper = group.keeper
+            due = min(due, keeper.due(now, wanted=group.wanted(), leading=group.leading()))
+            if keeper.valid(now):
+                for campaign in group.campaigns:
+                    if campaign.phase in _SCHEDULED:
+                        due = min(due, campaign.due)
         return max(0.0, due - now)
 
 
-_MISSING = object()
+_SCHEDULED = frozenset({Phase.STARTING, Phase.ATTEMPT_DUE, Phase.BACKING_OFF, Phase.LOCK_DELAY})
 
 #: Every elector of this process, so that a forked child can disown them all.
 _live: weakref.WeakSet[Elector] = weakref.WeakSet()
@@ -937,84 +851,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _Watcher(threading.Thread):
-    """Blocking queries that post each change of a key to the election thread.
-
-    With ``prefix`` None it watches one key. With a prefix it watches every key under it with one
-    recursive blocking query, and posts a change for each registered key whose entry changed: one
-    HTTP connection per process instead of one per key (Consul limits connections per client IP,
-    ``limits.http_max_conns_per_client``, 200 by default).
-    """
-
-    def __init__(self, elector: Elector, election: Election | None, prefix: str | None = None) -> None:
-        target = prefix if election is None else election.full_key
-        super().__init__(name=f"singleton-watch[{target}{'*' if election is None else ''}]", daemon=True)
-        self.elector = elector
-        self.election = election
-        self.prefix = prefix
-
-    def _elections(self) -> list[Election]:
-        if self.election is not None:
-            return [self.election]
-        return self.elector.elections
-
-    def _query(self, index: int) -> tuple[int, list[tuple[Election, int, KeyInfo | None]]]:
-        elector = self.elector
-        wait = elector.settings.watch_wait
-        if self.election is not None:
-            new_index, entry = elector.backend.watch(self.election.full_key, index, wait)
-            return new_index, [(self.election, new_index, entry)]
-        assert self.prefix is not None
-        new_index, entries = elector.backend.watch_prefix(self.prefix, index, wait)
-        by_key = {e.key: e for e in entries}
-        found = []
-        for election in self._elections():
-            entry = by_key.get(election.full_key)
-            found.append((election, entry.modify_index if entry is not None else new_index, entry))
-        return new_index, found
-
-    def run(self) -> None:
-        elector = self.elector
-        index = 0
-        failures = 0
-        quick = 0
-        seen: dict[str, object] = {}
-        while not elector._stop.is_set():
-            began = time.monotonic()
-            try:
-                new_index = self.poll(index, seen)
-            except BackendError as exc:
-                if elector._stop.is_set():
-                    break
-                failures += 1
-                for election in self._elections():
-                    elector._post(("watch_error", election, exc))
-                elector._stop.wait(elector._backoff(failures, 0.5, 5.0))
-                continue
-            except Exception:  # never let a bug kill the watch silently
-                _log.exception("unexpected error in %s", self.name)
-                elector._stop.wait(1.0)
-                continue
-            failures = 0
-            if new_index == index and time.monotonic() - began < 0.05:
-                quick += 1  # answered at once with nothing new: do not spin
-                if quick >= 3:
-                    elector._stop.wait(0.5)
-            else:
-                quick = 0
-            index = 0 if new_index < index else max(new_index, 1)
-
-    def poll(self, index: int, seen: dict[str, object]) -> int:
-        """One blocking query: post what changed since ``seen`` (updated in place); return the new index."""
-        new_index, results = self._query(index)
-        reset = new_index < index
-        for election, key_index, entry in results:
-            # A missing key is "changed" whenever the index moved: it may have been created and
-            # deleted between two answers (a holder must hear of that deletion).
-            marker: object = entry.modify_index if entry is not None else ("missing", key_index)
-            if reset or seen.get(election.full_key, _MISSING) != marker:
-                seen[election.full_key] = marker
-                self.elector._post(("watch", election, key_index, entry, reset))
-        return new_index

@@ -11,8 +11,9 @@
         ├── AccessDenied (PermissionError)         an ACL denied the call; names the rule needed
         └── SessionInvalidated                     the session is gone (expired, destroyed)
 
-Errors of the Consul client (requests, py-consul) are translated into these in
-``singleton.backends.consul`` and nowhere else, always chained with ``raise ... from exc``.
+Errors of the HTTP layer (``socket``, ``ssl``, ``http.client``) and Consul's refusals are translated
+into these in ``singleton.backends.consul`` and its ``_http`` module and nowhere else, always
+chained with ``raise ... from exc``.
 A decorated call never raises a backend error into the host application: the election thread
 catches them, logs them (rate-limited) and shows the last one on the function's ``election``
 handle.

@@ -18,8 +18,10 @@
 How the Go parameters map
 -------------------------
 =============================  ===================================================================
-``client``                     a ``consul.Consul`` of py-consul, or of python-consul2 (same calls),
-                               used as it is from the engine's threads
+``client``                     a ``consul.Consul`` of py-consul or of python-consul2: its connection
+                               settings are used (address, scheme, ACL token, datacenter, TLS CA
+                               bundle, client certificate, verification), not the client object;
+                               the engine talks to Consul through its own HTTP client
 ``leader_key``                 the key to lock, used as given (a leading ``/`` is dropped, as the
                                Go client does); its value is ``hostname:pid``
 ``leadership_check_interval``  Go polled the key every interval; here changes arrive at once
@@ -37,8 +39,10 @@ How the Go parameters map
                                finished; ``stop_event`` is set when it must stop
 =============================  ===================================================================
 
-The lock-delay is Consul's default, 15 seconds, as the Go package's sessions had; ``lock_delay=``
-changes it. The session is created with ``behavior=release``.
+The lock-delay is Consul's default, 15 seconds, as the Go package's sessions had, raised (with a log
+line) to the smallest safe value when ``session_ttl`` needs more: the lock-delay must outlast the local
+lease (see :class:`~singleton.config.LeaseSpec`). ``lock_delay=`` sets it; a value too short for the
+lease is refused. The session is created with ``behavior=release``.
 
 What happens when
 -----------------
@@ -76,8 +80,8 @@ Differences from Go, on purpose
 
 * Go called ``os.Exit(0)`` when the lock was found with ``exitOnLockFound``; this returns
   ``LOCK_FOUND`` (``sys.exit(0)`` on it does what Go did).
-* python-consul2 has one HTTP timeout for every call, blocking queries included: give its client
-  ``timeout=None`` (its default) or more than ``leadership_check_interval`` seconds.
+* The client's own HTTP timeout is not used: every call gets the library's deadline (5 s, and a
+  blocking query its wait plus that), so a hung agent cannot stall the engine.
 """
 
 from __future__ import annotations
@@ -88,8 +92,17 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from singleton.config import DEFAULT_LOCK_DELAY, LeaseSpec, Settings, check_range, holder_identity, validate_key
-from singleton.election import Election, Elector
+from singleton.config import (
+    DEFAULT_LOCK_DELAY,
+    ConsulSettings,
+    LeaseOverrides,
+    LeaseSpec,
+    Settings,
+    check_range,
+    holder_identity,
+    validate_key,
+)
+from singleton.election import AcquireOutcome, Election, Elector
 from singleton.errors import ConfigurationError, LeadershipLost
 from singleton.token import StopToken
 
@@ -99,8 +112,6 @@ _log = logging.getLogger("singleton.goapi")
 
 #: How long the job gets to return after stop_event is set, by default.
 DEFAULT_GRACE = 5.0
-#: How often a caller with ``exit_on_lock_found`` looks at the key's holder (in memory, no I/O).
-_LOOK_INTERVAL = 0.1
 
 
 class DoJob(Protocol):
@@ -153,12 +164,45 @@ def _check_client(client: object) -> None:
             )
 
 
-def _held_elsewhere(election: Election) -> str | None:
-    """The other holder (hostname:pid, or its session), when the last look found one."""
-    status = election.status()
-    if status.holder_session is not None and status.holder_session != status.session:
-        return status.holder or f"session {status.holder_session}"
-    return None
+def _settings_from_client(client: Any) -> ConsulSettings:
+    """The connection settings of a ``consul.Consul`` (py-consul or python-consul2), read off it and its ``.http``.
+
+    Both keep ``host``, ``port``, ``scheme``, ``verify`` (a bool, or the path of a CA bundle) and
+    ``cert`` (a path, or a ``(cert, key)`` pair) on ``.http``, and ``token`` and ``dc`` on the client.
+    """
+    http = getattr(client, "http", None)
+    host, port = getattr(http, "host", None), getattr(http, "port", None)
+    if not isinstance(host, str) or not host or isinstance(port, bool) or not isinstance(port, (int, str)):
+        raise ConfigurationError(
+            "client must be a consul.Consul client (py-consul, or python-consul2) whose .http has host and port, "
+            f"got {type(client).__name__}"
+        )
+    try:
+        port = int(port)
+    except ValueError as exc:
+        raise ConfigurationError(f"the client's port must be a number, got {port!r}") from exc
+    scheme = str(getattr(http, "scheme", None) or getattr(client, "scheme", None) or "http").lower()
+    verify = getattr(http, "verify", True)
+    cert = getattr(http, "cert", None)
+    ca_cert = verify if isinstance(verify, str) and verify else None
+    client_cert = client_key = None
+    if isinstance(cert, (tuple, list)) and len(cert) == 2:
+        client_cert, client_key = str(cert[0]), str(cert[1])
+    elif isinstance(cert, str) and cert:
+        client_cert = client_key = cert  # one PEM file holding both, as requests takes it
+    token = getattr(client, "token", None)
+    dc = getattr(client, "dc", None)
+    return ConsulSettings(
+        host=host.strip("[]"),
+        port=port,
+        scheme=scheme,
+        token=token or None,
+        ca_cert=ca_cert,
+        client_cert=client_cert,
+        client_key=client_key,
+        verify=verify is not False,
+        datacenter=str(dc) if dc else None,
+    )
 
 
 def maybe_acquire_leadership(
@@ -170,7 +214,7 @@ def maybe_acquire_leadership(
     exit_on_lock_found: bool,
     job: DoJob | Callable[[threading.Event, threading.Event], object],
     *,
-    lock_delay: float = DEFAULT_LOCK_DELAY,
+    lock_delay: float | None = None,
     grace: float = DEFAULT_GRACE,
 ) -> LeadershipOutcome:
     """Acquire ``leader_key`` and run ``job`` while holding it: Go's ``election_api.MaybeAcquireLeadership``.
@@ -183,28 +227,29 @@ def maybe_acquire_leadership(
     :raises BaseException: whatever ``job`` raised, after the key was released.
     """
     _check_client(client)
+    consul_settings = _settings_from_client(client)
     if not isinstance(leader_key, str):
         raise ConfigurationError(f"leader_key must be a string, got {leader_key!r}")
     key = validate_key(leader_key.lstrip("/") or leader_key, "leader_key")
     interval = check_range("leadership_check_interval", leadership_check_interval, 1.0, 600.0)
-    ttl = check_range("session_ttl", session_ttl, 10.0, 86400.0)
     if not isinstance(session_name, str) or len(session_name) > 512:
         raise ConfigurationError(f"session_name must be a string of at most 512 characters, got {session_name!r}")
     if not isinstance(exit_on_lock_found, bool):
         raise ConfigurationError(f"exit_on_lock_found must be True or False, got {exit_on_lock_found!r}")
     run_job = _job_callable(job)
-    lease = LeaseSpec(ttl=ttl, lock_delay=check_range("lock_delay", lock_delay, 0.0, 60.0))
+    lease = _lease(session_ttl, lock_delay)
     grace = check_range("grace", grace, 0.0, 3600.0)
     settings = Settings(
+        consul=consul_settings,
         lease=lease,
         watch_wait=interval,
         identity=holder_identity(),
         session_name=session_name or None,
         shutdown_grace=grace,
     )
-    from singleton.backends.consul import ConsulBackend  # here: importing singleton stays free of py-consul
+    from singleton.backends.consul import ConsulBackend
 
-    elector = Elector(settings, backend=ConsulBackend(client=client), name="singleton-goapi")
+    elector = Elector(settings, backend=ConsulBackend(consul_settings), name="singleton-goapi")
     wake = threading.Event()
     stop_event = threading.Event()
     done_event = _DoneEvent(wake)
@@ -251,21 +296,43 @@ def maybe_acquire_leadership(
     return outcome
 
 
+def _lease(session_ttl: object, lock_delay: object) -> LeaseSpec:
+    """The lease of Go's session: ``session_ttl``, and Consul's default lock-delay (15 s) unless given.
+
+    The default is raised, with a log line, when the lease needs a longer one (see LeaseSpec); a
+    ``lock_delay`` given too short is refused.
+    """
+    names = {"ttl": "session_ttl"}
+    if lock_delay is not None:
+        overrides = LeaseOverrides.checked(ttl=session_ttl, lock_delay=lock_delay, names=names)
+        return Settings().lease.derive(overrides)
+    spec = Settings().lease.derive(LeaseOverrides.checked(ttl=session_ttl, names=names))
+    if spec.lock_delay is not None and spec.lock_delay > DEFAULT_LOCK_DELAY:
+        _log.info(
+            "session_ttl=%g: the lock-delay is %gs instead of Consul's default %gs, so that it outlasts the "
+            "local lease (%gs) when Consul ends the session early",
+            spec.ttl,
+            spec.lock_delay,
+            DEFAULT_LOCK_DELAY,
+            spec.lease,
+        )
+    return spec
+
+
 def _campaign(election: Election, exit_on_lock_found: bool) -> StopToken | None:
-    """This term's token once leading; None when ``exit_on_lock_found`` and another process holds the key."""
+    """This term's token once leading; None when ``exit_on_lock_found`` and another process holds the key.
+
+    Consul errors are retried for as long as it takes, as the Go function did.
+    """
     while True:
-        if exit_on_lock_found:
-            if election.wait_settled(0) and not election.is_leader:
-                holder = _held_elsewhere(election)
-                if holder is not None:
-                    _log.info("%r is held by %s: not running the job (exit_on_lock_found)", election.key, holder)
-                    return None
-            election.wait_for_leadership(_LOOK_INTERVAL)
-        else:
-            election.wait_for_leadership(None)
-        token = election.token
-        if token is not None:
-            return token
+        result = election.acquire(0 if exit_on_lock_found else None, give_up_on_error=False)
+        if result.outcome is AcquireOutcome.LEADER:
+            return result.token
+        if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
+            _log.info("%r is held by %s: not running the job (exit_on_lock_found)", election.key, result.holder)
+            return None
+        if result.outcome is AcquireOutcome.CLOSED:
+            raise LeadershipLost(election.key, result.reason or "the election was closed")
 
 
 def _watch(

@@ -105,6 +105,7 @@ class StopToken:
         "_cause",
         "_clock",
         "_event",
+        "_fired_deadline",
         "_lease",
         "_lock",
         "_reason",
@@ -133,6 +134,7 @@ class StopToken:
         self._stopped = False
         self._reason: str | None = None
         self._cause: StopCause | None = None
+        self._fired_deadline: float | None = None
         self._callbacks: list[Callable[[StopToken], object]] = []
 
     def __repr__(self) -> str:
@@ -166,7 +168,13 @@ class StopToken:
 
     @property
     def lease_deadline(self) -> float | None:
-        """When the local lease ends if no renewal lands, on the elector's monotonic clock (None without one)."""
+        """When the local lease ends if no renewal lands, on the elector's monotonic clock (None without one).
+
+        Once the token has fired, the deadline as it stood then: the last successful renewal was sent
+        ``lease`` seconds before it, which bounds when Consul can have ended the session.
+        """
+        if self._stopped:
+            return self._fired_deadline
         lease = self._lease
         return None if lease is None else lease.deadline
 
@@ -261,6 +269,8 @@ class StopToken:
                 return False
             self._reason = reason
             self._cause = cause
+            lease = self._lease
+            self._fired_deadline = None if lease is None else lease.deadline
             self._stopped = True
             callbacks, self._callbacks = self._callbacks, []
         self._event.set()

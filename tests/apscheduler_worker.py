@@ -40,6 +40,7 @@ from apscheduler.jobstores.memory import MemoryJobStore  # type: ignore[import-u
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped, unused-ignore]
 
 import singleton
+from singleton.config import LeaseSpec
 from singleton.contrib.apscheduler import LeaderOnlyJobStore
 from singleton.election import Election
 
@@ -66,9 +67,11 @@ def main() -> int:
     parser.add_argument("--store", choices=["memory", "sqlalchemy"], default="memory")
     parser.add_argument("--db")
     parser.add_argument("--ttl", type=float, default=10)
-    parser.add_argument("--lock-delay", type=float, default=1)
+    parser.add_argument("--lock-delay", type=float, default=None, help="default: the smallest safe one")
     parser.add_argument("--interval", type=float, default=1)
     args = parser.parse_args()
+    if args.lock_delay is None:
+        args.lock_delay = LeaseSpec(ttl=args.ttl).min_lock_delay
 
     _fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     singleton.configure(address=args.addr, ttl=args.ttl, lock_delay=args.lock_delay, timeout=2, watch_wait=5)

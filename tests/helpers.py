@@ -89,7 +89,7 @@ def memory_elector(
     *,
     identity: str = "host-a:1",
     ttl: float = 15,
-    lock_delay: float = 15,
+    lock_delay: float | None = None,
     margin: float | None = None,
     inline: bool = True,
     **settings: object,

@@ -47,7 +47,7 @@ from singleton.testing import ConsulAgent, ConsulNotFound, find_consul
 from .apscheduler_fleet import SchedulerFleet, cpu_seconds
 
 TTL = 10.0
-LOCK_DELAY = 1.0
+LOCK_DELAY = LeaseSpec(ttl=TTL).min_lock_delay
 #: Consul may take up to twice the TTL to invalidate a crashed holder's session, then the lock-delay.
 CRASH_BOUND = 2 * TTL + LOCK_DELAY
 EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)
@@ -245,14 +245,14 @@ def test_it_delegates_to_the_wrapped_store_and_keeps_its_errors() -> None:
 
 
 def test_it_pickles_and_copies_as_its_configuration() -> None:
-    store = LeaderOnlyJobStore(MemoryJobStore(), key="billing", ttl=20, lock_delay=2, poll_interval=3)
+    store = LeaderOnlyJobStore(MemoryJobStore(), key="billing", ttl=20, lock_delay=17, poll_interval=3)
     store.add_job(plain_job("a"))
     for clone in (pickle.loads(pickle.dumps(store)), copy.deepcopy(store)):
         assert isinstance(clone, LeaderOnlyJobStore)
         assert (clone.key, clone.ttl, clone.lock_delay, clone.poll_interval, clone.shared) == (
             "billing",
             20,
-            2,
+            17,
             3,
             False,
         )

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("cli_child.py")
 SINGLETON = (sys.executable, "-m", "singleton")
 TTL = 10
-LOCK_DELAY = 1
+LOCK_DELAY = LeaseSpec(ttl=TTL).min_lock_delay
 
 
 def clean_env(address: str | None = None, **extra: str) -> dict[str, str]:
@@ -207,11 +207,13 @@ def test_unreachable_agent_is_one_line_and_the_command_never_runs(tmp_path: Path
 
 
 def test_kill_deadline_ends_before_anyone_else_could_take_the_key() -> None:
-    spec = LeaseSpec(ttl=10, lock_delay=3)  # margin 2
+    spec = LeaseSpec(ttl=10, lock_delay=10)  # margin 2: a lease of 8 s
+    # Consul may have ended the session right after the last renewal (sent 8 s before the lease's end),
+    # then the lock-delay runs: that is the earliest takeover, not the lease's end plus the margin.
     lease = kill_deadline(StopCause.LEASE_EXPIRED, spec, 100.0, 99.5, 60)
-    assert lease.kill_at == pytest.approx(99.5 + 2 + 3 - KILL_SAFETY), "from the lease's end, not its detection"
+    assert lease.kill_at == pytest.approx(99.5 - 8 + 10 - KILL_SAFETY), "from the last renewal, not the detection"
     released = kill_deadline(StopCause.KEY_RELEASED, spec, 100.0, 107.0, 60)
-    assert released.kill_at == pytest.approx(100 + 3 - KILL_SAFETY)
+    assert released.kill_at == pytest.approx(107 - 8 + 10 - KILL_SAFETY)
     assert released.check_session
     for cause in (StopCause.KEY_DELETED, StopCause.KEY_TAKEN, StopCause.SESSION_GONE, None):
         assert kill_deadline(cause, spec, 100.0, 107.0, 60).kill_at <= 100.0, cause
@@ -379,7 +381,7 @@ def test_an_invalidated_session_stops_the_command_before_anyone_else_can_start(
     consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner], consul_backend: ConsulBackend
 ) -> None:
     key = key_prefix + "job"
-    lock_delay = 2
+    lock_delay = 10
     first = Runner(tmp_path, consul_agent.address, key, child=("--ignore-term",), name="first", lock_delay=lock_delay)
     runners.append(first)
     start = first.started()

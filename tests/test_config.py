@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from singleton.config import ConsulSettings, LeaseSpec, Settings, parse_address, validate_key
+from singleton.config import ConsulSettings, LeaseOverrides, LeaseSpec, Settings, parse_address, validate_key
 from singleton.errors import ConfigurationError
 
 
@@ -104,7 +104,24 @@ def test_lease_defaults() -> None:
     assert spec.renew_interval == 5.0
     assert spec.lease == 12.0
     assert LeaseSpec(ttl=10).margin == 2.0
-    assert LeaseSpec(ttl=3600).lease == 3600 - 720
+    assert LeaseSpec(ttl=60).lease == 48.0
+    assert LeaseSpec(ttl=3600).lease == 59.5, "capped: the longest lock-delay (60 s) must outlast it"
+    assert LeaseSpec(ttl=3600).renew_interval == 29.75, "at least twice per lease"
+
+
+def test_the_lock_delay_must_outlast_the_lease() -> None:
+    assert LeaseSpec(ttl=10).min_lock_delay == 8.5
+    assert LeaseSpec(ttl=10, lock_delay=8.5).lock_delay == 8.5
+    with pytest.raises(ConfigurationError, match=r"lock_delay must be between 8.5 and 60 seconds for ttl=10 .*got 1"):
+        LeaseSpec(ttl=10, lock_delay=1)
+    with pytest.raises(ConfigurationError, match="deregisters the session's node"):
+        LeaseSpec(ttl=15, lock_delay=12)
+
+
+def test_the_default_lock_delay_grows_with_the_lease() -> None:
+    assert LeaseSpec(ttl=10).lock_delay == 15.0, "Consul's default when it is enough"
+    assert LeaseSpec(ttl=30).lock_delay == 24.5, "the lease (24 s) plus 0.5 s when 15 s is not"
+    assert LeaseSpec(ttl=86400).lock_delay == 60.0
 
 
 @pytest.mark.parametrize("key", ["", "/", "/reports/nightly", "has space", "tab\there", 42])
@@ -135,7 +152,24 @@ def test_settings_refuse_unknown_names_and_backends() -> None:
 
 
 def test_lease_for_overrides_keep_the_process_defaults() -> None:
-    s = Settings(lease=LeaseSpec(ttl=20, lock_delay=5, margin=4))
+    s = Settings(lease=LeaseSpec(ttl=20, lock_delay=17, margin=4))
     assert s.lease_for() is s.lease
-    assert s.lease_for(lock_delay=0) == LeaseSpec(ttl=20, lock_delay=0, margin=4)
-    assert s.lease_for(ttl=60) == LeaseSpec(ttl=60, lock_delay=5)  # a ttl of its own: its own margin
+    assert s.lease_for(lock_delay=30) == LeaseSpec(ttl=20, lock_delay=30, margin=4)
+    # A ttl of its own gets its own margin, but a lock-delay the process gave stays, and must fit.
+    assert s.lease_for(ttl=15) == LeaseSpec(ttl=15, lock_delay=17)
+    with pytest.raises(ConfigurationError, match=r"lock_delay must be between 48.5 and 60 seconds for ttl=60"):
+        s.lease_for(ttl=60)
+    derived = Settings(lease=LeaseSpec(ttl=20, margin=4))  # the lock-delay derived, not given
+    assert derived.lease_for(ttl=60) == LeaseSpec(ttl=60, lock_delay=48.5)
+
+
+def test_lease_overrides_are_checked_where_they_are_made() -> None:
+    with pytest.raises(ConfigurationError, match=r"--ttl must be between 10 and 86400 seconds, got 5"):
+        LeaseOverrides.checked(ttl=5, names={"ttl": "--ttl"})
+    with pytest.raises(ConfigurationError, match="margin=2 needs ttl"):
+        LeaseOverrides.checked(margin=2)
+    with pytest.raises(ConfigurationError, match=r"--lock-delay must be between 8.5 and 60 .* for --ttl=10"):
+        LeaseOverrides.checked(ttl=10, lock_delay=3, names={"ttl": "--ttl", "lock_delay": "--lock-delay"})
+    alone = LeaseOverrides.checked(lock_delay=3)  # its fit with the process's ttl is checked at registration
+    with pytest.raises(ConfigurationError, match=r"lock_delay must be between 12\.5 and 60"):
+        Settings().lease.derive(alone)

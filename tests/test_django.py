@@ -104,14 +104,14 @@ def runs(tmp_path: Path) -> Iterator[Callable[..., Run]]:
 @pytest.fixture
 def setting(consul_agent: ConsulAgent, key_prefix: str) -> dict[str, Any]:
     """``settings.SINGLETON`` for the shared agent, with this test's key prefix."""
-    return {"ADDRESS": consul_agent.address, "KEY_PREFIX": key_prefix, "TTL": 10, "LOCK_DELAY": 1, "TIMEOUT": 2}
+    return {"ADDRESS": consul_agent.address, "KEY_PREFIX": key_prefix, "TTL": 10, "LOCK_DELAY": 17, "TIMEOUT": 2}
 
 
 @pytest.fixture
 def down_setting(key_prefix: str) -> dict[str, Any]:
     """``settings.SINGLETON`` naming a port where no Consul listens."""
     (port,) = free_ports(1)
-    return {"ADDRESS": f"127.0.0.1:{port}", "KEY_PREFIX": key_prefix, "TTL": 10, "LOCK_DELAY": 1, "TIMEOUT": 2}
+    return {"ADDRESS": f"127.0.0.1:{port}", "KEY_PREFIX": key_prefix, "TTL": 10, "LOCK_DELAY": 17, "TIMEOUT": 2}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, *runs: Run) -> None:
@@ -137,14 +137,14 @@ def test_importing_without_django_names_the_extra_to_install() -> None:
 
 
 def test_settings_singleton_maps_onto_the_engine_settings_and_wins_over_the_environment() -> None:
-    env = {"CONSUL_HTTP_ADDR": "10.9.9.9:8500", "CONSUL_HTTP_TOKEN": "from-env", "SINGLETON_LOCK_DELAY": "7"}
+    env = {"CONSUL_HTTP_ADDR": "10.9.9.9:8500", "CONSUL_HTTP_TOKEN": "from-env", "SINGLETON_LOCK_DELAY": "17"}
     settings = settings_from(
         {"ADDRESS": "https://consul.internal:8501", "TOKEN": "from-settings", "TTL": 20, "KEY_PREFIX": "myapp"}, env
     )
     assert (settings.consul.scheme, settings.consul.host, settings.consul.port) == ("https", "consul.internal", 8501)
     assert settings.consul.token == "from-settings"
     assert settings.lease.ttl == 20
-    assert settings.lease.lock_delay == 7, "what SINGLETON leaves out comes from the environment"
+    assert settings.lease.lock_delay == 17, "what SINGLETON leaves out comes from the environment"
     assert settings.key_prefix == "myapp/"
     assert settings_from({}, env).consul.host == "10.9.9.9"
     mutual = settings_from({"CLIENT_CERT": "/etc/c.pem", "CLIENT_KEY": "/etc/c.key", "VERIFY": False}, {})
@@ -228,7 +228,7 @@ def test_two_concurrent_runs_one_executes_the_other_names_the_holder(
     assert entry.holder == f"{HOST}:{winner.pid}"
     info = backend.session_info(entry.session)
     assert info is not None
-    assert (info.ttl, info.lock_delay) == (10, 1)
+    assert (info.ttl, info.lock_delay) == (10, 17)
 
     # While it holds: --leader-fail-if-held, the wrapper's --fail-if-held and call_command all say 75.
     strict = runs(env, "hold", "--events", str(log), "--leader-fail-if-held")
@@ -503,7 +503,7 @@ def test_on_one_host_the_file_backend_gives_the_same_command_behaviour(
 ) -> None:
     locks = tmp_path / "locks"
     log, release = tmp_path / "events.log", tmp_path / "release"
-    env = project_env({"BACKEND": f"file://{locks}", "TTL": 10, "LOCK_DELAY": 1})
+    env = project_env({"BACKEND": f"file://{locks}", "TTL": 10})
     first = runs(env, "hold", "--events", str(log), "--release", str(release))
     second = runs(env, "hold", "--events", str(log), "--release", str(release))
     wait_until(lambda: first.proc.poll() is not None or second.proc.poll() is not None, 30, "one run", first, second)

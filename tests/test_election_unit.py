@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
 
+from singleton._watch import PrefixWatch
 from singleton.backends.base import Acquisition, KeyInfo
 from singleton.backends.memory import MemoryBackend
-from singleton.election import Elector, Role, _Watcher
+from singleton.election import Elector, Role
 from singleton.errors import BackendUnavailable, ConfigurationError
 from singleton.token import StopCause
 
@@ -155,7 +157,7 @@ def test_leadership_comes_back_when_the_session_survived_the_outage(backend: Mem
 def test_after_a_long_partition_the_other_node_waits_out_the_lock_delay_exactly(
     backend: MemoryBackend, clock: FakeClock
 ) -> None:
-    a, b, link = two_nodes(backend, clock, lock_delay=10)
+    a, b, link = two_nodes(backend, clock, lock_delay=13)
     ea = a.register(KEY)
     a.step()
     eb = b.register(KEY)
@@ -181,7 +183,7 @@ def test_after_a_long_partition_the_other_node_waits_out_the_lock_delay_exactly(
     start = 1000.0
     assert lost_at == pytest.approx(start + 12.0, abs=0.11)  # the lease: ttl 15 - margin 3
     assert released_at == pytest.approx(start + 15.0, abs=0.11)  # the session TTL (expiry_factor 1)
-    assert taken_at - released_at == pytest.approx(10.0 + 0.05, abs=0.11)  # lock-delay + slack, no poll
+    assert taken_at - released_at == pytest.approx(13.0 + 0.05, abs=0.11)  # lock-delay + slack, no poll
     assert backend.calls["acquire"] <= 4, "no coarse polling through the lock-delay"
     # A comes back: its session is gone, it follows the new holder.
     link.partitioned = False
@@ -193,7 +195,7 @@ def test_after_a_long_partition_the_other_node_waits_out_the_lock_delay_exactly(
 
 
 def test_operator_destroying_the_session_fires_the_token(backend: MemoryBackend, clock: FakeClock) -> None:
-    a = memory_elector(backend, clock, lock_delay=5)
+    a = memory_elector(backend, clock, lock_delay=13)
     election = a.register(KEY)
     a.step()
     token = election.token
@@ -206,7 +208,7 @@ def test_operator_destroying_the_session_fires_the_token(backend: MemoryBackend,
     assert "session invalidated" in (token.reason or "") or "released by Consul" in (token.reason or "")
     assert not election.is_leader
     # It campaigns again with a new session, after the lock-delay its old session left behind.
-    clock.advance(5.1)
+    clock.advance(13.1)
     a.step()
     a.step()
     assert election.is_leader
@@ -291,20 +293,23 @@ def test_resign_releases_and_stops_campaigning(backend: MemoryBackend, clock: Fa
 
 
 def test_lock_delay_unseen_release_retries_after_own_lock_delay(backend: MemoryBackend, clock: FakeClock) -> None:
-    a = memory_elector(backend, clock, identity="host-a:1", lock_delay=8)
+    a = memory_elector(backend, clock, identity="host-a:1", lock_delay=13)
     a.register(KEY)
     a.step()
     session = a.status()[0].session
     assert session is not None
-    backend.invalidate_session(session)  # the key is free, inside an 8 s lock-delay
+    backend.invalidate_session(session)  # the key is free, inside a 13 s lock-delay
     a.close(grace=0)
-    b = memory_elector(backend, clock, identity="host-b:2", lock_delay=8)
+    b = memory_elector(backend, clock, identity="host-b:2", lock_delay=13)
     eb = b.register(KEY)
     b.step()
     assert not eb.is_leader
-    assert "lock-delay; next attempt in 8.05s" in (eb.status().reason or "")
+    assert "lock-delay; next attempt in 13.05s" in (eb.status().reason or "")
+    assert eb.status().phase == "lock_delay"
     clock.advance(5)
-    assert b.step() == pytest.approx(3.05)  # renewed at 5 s; the retry is next
+    assert b.step() == pytest.approx(5.0)  # renewed at 5 s; the next renewal (10 s) comes first
+    clock.advance(5)
+    assert b.step() == pytest.approx(3.05)  # renewed at 10 s; the retry is next
     clock.advance(3.0)
     b.step()
     assert not eb.is_leader
@@ -436,13 +441,15 @@ def test_session_name_can_differ_from_the_identity(backend: MemoryBackend, clock
 class Scripted(Partitionable):
     """Answers watches from a script, to put the watcher in the races a real agent allows."""
 
-    def __init__(self, inner: MemoryBackend, answers: list[tuple[int, object]]) -> None:
+    def __init__(self, inner: MemoryBackend, answers: list[tuple[int, list[KeyInfo]]]) -> None:
         super().__init__(inner)
         self.answers = answers
+        self.armed = False
 
-    def watch(self, key: str, index: int, wait: float) -> tuple[int, KeyInfo | None]:
-        answer, entry = self.answers.pop(0)
-        return answer, entry  # type: ignore[return-value]
+    def watch_prefix(self, prefix: str, index: int, wait: float) -> tuple[int, list[KeyInfo]]:
+        if not self.armed:
+            return super().watch_prefix(prefix, index, wait)
+        return self.answers.pop(0)
 
 
 def test_watcher_reports_a_key_created_and_deleted_between_two_answers(
@@ -450,18 +457,24 @@ def test_watcher_reports_a_key_created_and_deleted_between_two_answers(
 ) -> None:
     # The watcher saw the key missing at index 2; the holder acquired it (index 3) and an operator
     # deleted it (index 4) before the next answer, which shows it missing again. It must still post.
-    scripted = Scripted(backend, [(2, None), (4, None)])
+    scripted = Scripted(backend, [(2, []), (4, [])])
     a = memory_elector(scripted, clock)
     election = a.register(KEY)
     a.step()
     token = election.token
     assert token is not None
-    watcher = _Watcher(a, election)
-    seen: dict[str, object] = {}
-    assert watcher.poll(0, seen) == 2
+    a._watch_mode = "thread"  # from here, consume only what the watch below posts: no inline reads
+    scripted.armed = True
+    watch = PrefixWatch(KEY, scripted, lambda: [KEY], 60)
+    index, changes = watch.poll(0)
+    assert index == 2
+    assert [c.entry for c in changes] == [None]
     backend.delete(KEY)
-    assert watcher.poll(2, seen) == 4
-    a._watch_mode = "thread"  # consume only what the watcher posted, no inline reads
+    index, changes = watch.poll(2)
+    assert index == 4
+    assert len(changes) == 1, "the key was missing before and after, but the index moved: a change"
+    for change in changes:
+        a._post(change)
     a.step()
     assert token.stopped
     assert token.reason == "the key was deleted"
@@ -476,6 +489,7 @@ def test_with_a_key_prefix_one_blocking_query_watches_every_key() -> None:
             assert election.wait_for_leadership(5)
         assert backend.calls["watch"] == 0
         assert 1 <= backend.calls["watch_prefix"] <= 25  # one query, answered again on each change
+        assert len(a._watch_threads) == 1
         token = elections[7].token
         assert token is not None
         backend.delete("app/jobs/7")
@@ -488,7 +502,7 @@ def test_with_a_key_prefix_one_blocking_query_watches_every_key() -> None:
 
 
 def test_each_loss_tells_its_cause(backend: MemoryBackend, clock: FakeClock) -> None:
-    a, _, link = two_nodes(backend, clock, lock_delay=1)
+    a, _, link = two_nodes(backend, clock, lock_delay=13)
     election = a.register(KEY)
     a.step()
     causes: list[StopCause | None] = []
@@ -504,7 +518,7 @@ def test_each_loss_tells_its_cause(backend: MemoryBackend, clock: FakeClock) -> 
             a.step()
         causes.append(token.cause)
         heal()
-        for _ in range(100):  # and lead again
+        for _ in range(200):  # and lead again (after a lock-delay, when there is one)
             if election.is_leader:
                 return
             clock.advance(0.1)
@@ -519,7 +533,7 @@ def test_each_loss_tells_its_cause(backend: MemoryBackend, clock: FakeClock) -> 
 
 def test_status_tells_the_current_error_and_the_lock_delay(backend: MemoryBackend, clock: FakeClock) -> None:
     backend.set_down(True)
-    a = memory_elector(backend, clock, lock_delay=5)
+    a = memory_elector(backend, clock, lock_delay=13)
     election = a.register(KEY)
     a.step()
     status = election.status()
@@ -539,7 +553,7 @@ def test_status_tells_the_current_error_and_the_lock_delay(backend: MemoryBacken
     assert not status.is_leader
     assert status.error is None
     assert status.in_lock_delay
-    clock.advance(5.1)
+    clock.advance(13.1)
     a.step()
     assert not election.status().in_lock_delay
 
@@ -584,3 +598,138 @@ def test_a_long_run_of_attempts_does_not_push_the_renewal_past_the_lease(
     a.step()
     assert all(e.is_leader for e in elections[:5]), "the first terms survived the slow run"
     assert backend.calls["renew_session"] >= 5, "renewed between attempts, every ttl/3"
+
+
+# -- lock-delays replayed by restarted servers, sessions ended early, shutdown -------------------------
+
+
+def test_a_replayed_lock_delay_on_our_own_key_does_not_strand_the_fleet(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    # Every server was down longer than the lease; restarted from their data, they replay an old
+    # invalidation of the key, so Consul refuses to re-acquire the key our surviving session holds.
+    a, b, link = two_nodes(backend, clock, lock_delay=13)
+    ea = a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    first = ea.token
+    session = ea.status().session
+    assert first is not None
+    assert session is not None
+    link.partitioned = True
+    clock.advance(12.5)  # past the 12 s lease, before the 15 s TTL: the session survives
+    a.step()
+    assert first.stopped
+    backend.replay_lock_delay(KEY, 13)
+    link.partitioned = False
+    for _ in range(5):  # the renewal's backoff, then the renewal, then the attempt
+        clock.advance(0.1)
+        a.step()
+    assert ea.is_leader, "our session still holds the key: leadership resumes at once"
+    second = ea.token
+    assert second is not None
+    assert second is not first
+    assert second.fence >= first.fence, "the fence never goes back"
+    assert ea.status().session == session
+    b.step()
+    assert not eb.is_leader, "and nobody else leads"
+    assert eb.status().holder == "host-a:1"
+
+
+def test_the_lock_delay_recheck_backs_off(backend: MemoryBackend, clock: FakeClock) -> None:
+    # The holder's session was invalidated, and Consul keeps refusing the free key after its lock-delay
+    # should have ended (a delay replayed by restarted servers): look again a little later each time.
+    other = backend.create_session(name="other:9", ttl=15, lock_delay=13)
+    assert backend.acquire(KEY, other, b"other:9").acquired
+    a = memory_elector(backend, clock, lock_delay=13)
+    election = a.register(KEY)
+    a.step()
+    assert election.status().phase == "watching"
+    backend.invalidate_session(other)
+    backend.replay_lock_delay(KEY, 3600)
+    a.step()  # sees the release; the attempt is refused: wait out the holder's 13 s lock-delay
+    status = election.status()
+    assert status.phase == "lock_delay"
+    assert status.next_attempt_in == pytest.approx(13.05)
+    waits = []
+    for _ in range(6):
+        clock.advance(election.status().next_attempt_in or 0.0)
+        a.step()
+        waits.append(election.status().next_attempt_in or 0.0)
+    assert not election.is_leader
+    assert all(later > earlier for earlier, later in itertools.pairwise(waits[:5])), waits
+    assert waits[0] < 0.1, waits
+    assert 0.5 < waits[-1] <= 1.2, waits
+
+
+def test_a_session_ended_early_cannot_let_anyone_start_before_the_token_fired(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    # Consul deregisters the holder's node (its agent left, `consul force-leave`): the session ends at
+    # once, and the holder, cut off with its agent, hears nothing. Only the lock-delay protects it.
+    a, b, link = two_nodes(backend, clock, ttl=10, lock_delay=8.5)  # lease 8 s; the smallest lock-delay allowed
+    ea = a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    token = ea.token
+    assert token is not None
+    assert ea.spec.lock_delay == ea.spec.min_lock_delay == 8.5
+    clock.advance(3.4)
+    a.step()  # a renewal, sent now: the lease runs 8 s from here
+    link.partitioned = True
+    backend.invalidate_session(ea.status().session or "")
+    fired_at = None
+    for _ in range(200):
+        clock.advance(0.05)
+        if fired_at is None and token.stopped:
+            fired_at = clock.now
+        a.step()
+        b.step()
+        if eb.is_leader:
+            break
+    assert eb.is_leader
+    assert fired_at is not None, "the holder's token fired"
+    assert clock.now - fired_at >= 0.45, "the token fired at least 0.5 s before the other process took the key"
+
+
+def test_shutdown_releases_only_the_keys_it_holds(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock)
+    held = a.register("jobs/held")
+    resigned = a.register("jobs/resigned")
+    taken = a.register("jobs/taken")
+    a.step()
+    assert held.is_leader
+    assert resigned.is_leader
+    assert taken.is_leader
+    resigned.resign()
+    a.step()
+    backend.delete("jobs/taken")  # an operator deleted it; someone else holds it now
+    other = backend.create_session(name="other:9", ttl=15, lock_delay=13)
+    assert backend.acquire("jobs/taken", other, b"other:9").acquired
+    a.step()
+    assert not taken.is_leader
+    releases = backend.calls["release"]
+    a.close(grace=0)
+    assert backend.calls["release"] - releases == 1, "only jobs/held: nothing resigned or lost is released again"
+    _, entry = backend.read("jobs/held")
+    assert entry is not None
+    assert entry.session is None
+
+
+def test_status_names_the_phase_and_the_next_attempt(backend: MemoryBackend, clock: FakeClock) -> None:
+    backend.set_down(True)
+    a = memory_elector(backend, clock)
+    election = a.register(KEY)
+    assert election.status().phase == "starting"
+    a.step()
+    status = election.status()
+    assert status.phase == "backing_off"
+    assert status.reason is not None
+    assert "could not create a session" in status.reason
+    backend.set_down(False)
+    clock.advance(1)
+    a.step()
+    assert election.status().phase == "leading"
+    assert election.status().next_attempt_in is None

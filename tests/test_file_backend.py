@@ -73,7 +73,7 @@ def test_graceful_stop_hands_over(tmp_path: Path, fleets: list[Fleet]) -> None:
 
 
 def test_forked_child_neither_leads_nor_keeps_the_lock(tmp_path: Path) -> None:
-    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10, lock_delay=1)
+    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10)
     try:
 
         @leader_only(key="jobs/forked", default="skipped")
@@ -103,7 +103,7 @@ def pooled_job(x: int) -> str:
 
 
 def test_a_decorated_function_goes_to_a_process_pool_and_runs_only_where_the_key_is_held(tmp_path: Path) -> None:
-    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10, lock_delay=1)
+    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10)
     try:
         assert pooled_job(1) == f"ran 1 in {os.getpid()}"  # this process holds the key
         context = multiprocessing.get_context("fork")
@@ -113,7 +113,7 @@ def test_a_decorated_function_goes_to_a_process_pool_and_runs_only_where_the_key
     finally:
         singleton.shutdown()
     # With nobody holding the key, the first process to ask becomes its holder.
-    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10, lock_delay=1)
+    singleton.configure(backend=f"file://{tmp_path / 'locks'}", ttl=10)
     try:
         context = multiprocessing.get_context("fork")
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:

@@ -1,7 +1,9 @@
 """maybe_acquire_leadership, the Go package's entry point, against a real Consul agent.
 
 With py-consul (this environment) in process, and with python-consul2 in a virtual environment of its
-own (the two install the same top-level module ``consul``), built under a temporary directory.
+own (the two install the same top-level module ``consul``), built under a temporary directory, where
+the package is installed beside python-consul2: the Go entry, a decorated call, ``singleton run`` and
+``singleton status`` all work there, since the library uses no ``consul`` module of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 
 from singleton import Elector, LeaseSpec, Settings
 from singleton.errors import ConfigurationError
-from singleton.goapi import LeadershipOutcome, maybe_acquire_leadership
+from singleton.goapi import LeadershipOutcome, _settings_from_client, maybe_acquire_leadership
 from singleton.testing import ConsulAgent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +38,13 @@ def client_for(agent: ConsulAgent) -> Any:
 
 
 def holding_elector(agent: ConsulAgent, key: str) -> Elector:
-    elector = Elector(Settings(consul=agent.settings(), lease=LeaseSpec(ttl=TTL, lock_delay=1), identity="web-1:4242"))
+    elector = Elector(
+        Settings(
+            consul=agent.settings(),
+            lease=LeaseSpec(ttl=TTL, lock_delay=LeaseSpec(ttl=TTL).min_lock_delay),
+            identity="web-1:4242",
+        )
+    )
     assert elector.register(key).wait_for_leadership(10)
     return elector
 
@@ -91,6 +99,24 @@ def test_every_argument_is_validated_before_any_io(change: dict[str, Any], words
     with pytest.raises(ConfigurationError) as info:
         maybe_acquire_leadership(**_bad(**change))
     assert words in str(info.value)
+
+
+def test_the_clients_connection_settings_are_used_not_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    client = consul.Consul(
+        host="::1", port=8501, scheme="https", token="t0k", verify="/etc/ca.pem", cert=("/c.pem", "/k.pem"), dc="dc2"
+    )
+    settings = _settings_from_client(client)
+    assert (settings.address, settings.token, settings.datacenter) == ("https://[::1]:8501", "t0k", "dc2")
+    assert (settings.ca_cert, settings.client_cert, settings.client_key, settings.verify) == (
+        "/etc/ca.pem",
+        "/c.pem",
+        "/k.pem",
+        True,
+    )
+    unverified = _settings_from_client(consul.Consul(host="10.0.0.1", port=8500, verify=False, cert="/both.pem"))
+    assert (unverified.address, unverified.verify, unverified.ca_cert) == ("http://10.0.0.1:8500", False, None)
+    assert (unverified.client_cert, unverified.client_key) == ("/both.pem", "/both.pem")
 
 
 @pytest.mark.consul
@@ -234,6 +260,28 @@ result["lost"] = maybe_acquire_leadership(client, key, 5, 10, "pc2-job", False, 
 print(json.dumps(result))
 """
 
+# In the same environment as python-consul2, imported first as an application would: a decorated
+# call runs, and `singleton status` (another process) sees it holding the key.
+_DECORATED = r"""
+import json, subprocess, sys
+import consul
+import singleton
+
+key = sys.argv[1]
+
+
+@singleton.leader_only(key=key, ttl=10)
+def job() -> int:
+    return 42
+
+
+result = {"consul": consul.__file__, "ran": job()}
+status = subprocess.run([sys.executable, "-m", "singleton", "status", key], capture_output=True, text=True, timeout=60)
+result["status"] = [status.returncode, status.stdout.strip(), status.stderr.strip()]
+singleton.shutdown()
+print(json.dumps(result))
+"""
+
 _OFFLINE = (
     "No matching distribution found",
     "Could not find a version that satisfies",
@@ -293,6 +341,7 @@ def test_a_python_consul2_client_works_too(consul_agent: ConsulAgent, key_prefix
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["client"].startswith("python-consul2 ")
+    _and_the_rest_works_beside_python_consul2(python, consul_agent, key_prefix, env, tmp_path)
     hostname = socket.gethostname()
     assert report["value"].startswith(f"{hostname}:"), report
     assert report == {
@@ -305,3 +354,51 @@ def test_a_python_consul2_client_works_too(consul_agent: ConsulAgent, key_prefix
         "lost": "lost",
         "stop_seen": True,
     }
+
+
+def _and_the_rest_works_beside_python_consul2(
+    python: Path, agent: ConsulAgent, key_prefix: str, env: dict[str, str], cwd: Path
+) -> None:
+    env = {**env, "CONSUL_HTTP_ADDR": agent.address}
+    key = key_prefix + "decorated"
+    decorated = subprocess.run(
+        [str(python), "-c", _DECORATED, key], capture_output=True, text=True, timeout=90, env=env, cwd=cwd
+    )
+    assert decorated.returncode == 0, decorated.stderr
+    report = json.loads(decorated.stdout.strip().splitlines()[-1])
+    assert str(cwd) in report["consul"], "the consul module there is python-consul2's"
+    assert report["ran"] == 42
+    code, out, err = report["status"]
+    assert (code, err) == (0, ""), report
+    assert out.startswith(f"{key}: held by {socket.gethostname()}:"), report
+    ran = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "singleton",
+            "run",
+            "--key",
+            key_prefix + "run",
+            "--no-wait",
+            "--",
+            str(python),
+            "-c",
+            "print('the command ran')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=cwd,
+    )
+    assert (ran.returncode, ran.stdout.strip()) == (0, "the command ran"), ran.stderr
+    status = subprocess.run(
+        [str(python), "-m", "singleton", "status", key_prefix + "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd,
+    )
+    assert status.returncode == 1, status
+    assert status.stdout.strip().startswith(f"{key_prefix}run: free (last held by {socket.gethostname()}:"), status

@@ -25,7 +25,7 @@ from .helpers import in_fork
 pytestmark = pytest.mark.consul
 
 TTL = 10.0
-LOCK_DELAY = 1.0
+LOCK_DELAY = LeaseSpec(ttl=TTL).min_lock_delay
 
 
 def elector_for(settings: ConsulSettings, key_prefix: str, identity: str, lock_delay: float = LOCK_DELAY) -> Elector:

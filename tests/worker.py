@@ -22,6 +22,7 @@ from types import FrameType
 
 import singleton
 from singleton import StopToken, leader_only
+from singleton.config import LeaseSpec
 
 
 def main() -> int:
@@ -31,11 +32,13 @@ def main() -> int:
     parser.add_argument("--key", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--ttl", type=float, default=10)
-    parser.add_argument("--lock-delay", type=float, default=1)
+    parser.add_argument("--lock-delay", type=float, default=None, help="default: the smallest safe one")
     parser.add_argument("--mode", choices=["short", "long"], default="short")
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--job-seconds", type=float, default=0.0)
     args = parser.parse_args()
+    if args.lock_delay is None:
+        args.lock_delay = LeaseSpec(ttl=args.ttl).min_lock_delay
 
     if args.backend:
         singleton.configure(backend=args.backend, ttl=args.ttl, lock_delay=args.lock_delay)

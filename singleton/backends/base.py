@@ -8,6 +8,9 @@ and every backend keeps them:
 * a key is acquired by one session at a time; the same session acquiring again succeeds;
 * when a session is invalidated or destroyed while it holds keys, those keys are freed but cannot be
   acquired by anyone for the session's lock-delay; a key released explicitly first has no lock-delay;
+  the lock-delay is judged before the holder, so inside one even the holding session's own acquire is
+  refused (Consul servers restarted from their data replay old invalidations, with their delays
+  counted from the restart);
 * every change of a key raises its ``modify_index``; an acquisition by a new session raises
   ``lock_index``; both only grow, so ``modify_index`` read right after an acquisition is a fencing token;
 * ``watch`` returns when the key's index moves past the one given, or after ``wait`` seconds.
@@ -69,12 +72,14 @@ class Acquisition:
 
     acquired: bool
     #: The key as read right after the attempt (None when it does not exist). After a success its
-    #: ``modify_index`` is the fencing token; after a failure its ``session`` tells who holds it, and
-    #: no session at all means the key is free but still inside a lock-delay.
+    #: ``modify_index`` is the fencing token; after a failure its ``session`` tells who holds it: no
+    #: session means the key is free but inside a lock-delay, and the caller's own session means a
+    #: lock-delay too (see the module docstring).
     entry: KeyInfo | None
 
     @property
     def in_lock_delay(self) -> bool:
+        """Refused although the key is free (so: inside a lock-delay). See also ``entry.session``."""
         return not self.acquired and (self.entry is None or self.entry.session is None)
 
 

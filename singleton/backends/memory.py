@@ -8,7 +8,8 @@ sharing one Consul cluster.
 Extra controls for tests: :attr:`MemoryBackend.down` makes every call fail with
 :class:`~singleton.errors.BackendUnavailable` (an outage); :meth:`delete` and
 :meth:`invalidate_session` do what an operator would with ``consul kv delete`` or
-``consul session destroy``; :attr:`calls` counts the calls by method name.
+``consul session destroy``; :meth:`replay_lock_delay` does what restarted servers do with an old
+invalidation; :attr:`calls` counts the calls by method name.
 
 Sessions expire lazily, when any call looks at the store after ``expiry_factor * ttl`` has passed
 since their last renewal; ``expiry_factor`` is 1 (the earliest Consul may expire them) by default and
@@ -132,12 +133,12 @@ class MemoryBackend(Backend):
             now = self._enter("acquire")
             self._session(session_id)
             entry = self._keys.get(key)
+            # As Consul does: the lock-delay is judged first, whoever holds the key (even this session).
+            if self._delays.get(key, 0.0) > now:
+                return Acquisition(False, entry)
+            self._delays.pop(key, None)
             if entry is not None and entry.session not in (None, session_id):
                 return Acquisition(False, entry)
-            if entry is None or entry.session is None:
-                if self._delays.get(key, 0.0) > now:
-                    return Acquisition(False, entry)
-                self._delays.pop(key, None)
             index = self._bump()
             if entry is None:
                 entry = KeyInfo(key, session_id, value, flags, index, index, 1)
@@ -211,6 +212,12 @@ class MemoryBackend(Backend):
         """Invalidate the session as an operator's ``consul session destroy`` would (lock-delay applies)."""
         with self._cond:
             self._invalidate(session_id, self.clock())
+
+    def replay_lock_delay(self, key: str, seconds: float) -> None:
+        """Put ``key`` inside a lock-delay of ``seconds`` from now, whoever holds it: what Consul servers
+        restarted from their data do when they replay an old invalidation of the key's earlier holder."""
+        with self._cond:
+            self._delays[key] = self.clock() + seconds
 
     def set_down(self, down: bool) -> None:
         """Start or end an outage; ending it wakes blocked watches."""

@@ -4,9 +4,10 @@
    and key value are ``hostname:pid`` of this ``singleton`` process.
 2. The first acquisition attempt decides whether Consul can be used at all: an unreachable agent or an
    ACL denial ends the run with exit 69 and one line saying why; the command is not started.
-3. Waits for the lock: for ever by default, up to ``--wait S``, or not at all with ``--no-wait``
-   (exit 75 as soon as another process is seen holding the key; a key that is free but still inside a
-   lock-delay is waited for, at most the lock-delay).
+3. Waits for the lock (:meth:`Election.acquire <singleton.election.Election.acquire>`): for ever by
+   default, up to ``--wait S``, or not at all with ``--no-wait`` (exit 75 as soon as another process
+   is seen holding the key; a key that is free but still inside a lock-delay is waited for, at most
+   the lock-delay).
 4. Starts the command in a session of its own (``setsid``), so that signals reach every process of it
    and none outlives a lost lock, with ``SINGLETON_LOCK_KEY``, ``SINGLETON_LOCK_FENCE`` (the fencing
    index of this term) and ``SINGLETON_LOCK_SESSION`` in its environment.
@@ -17,12 +18,13 @@
    *kill deadline*: :data:`KILL_SAFETY` seconds before the earliest moment another process could hold
    the key, and never more than ``--kill-grace`` seconds after the SIGTERM:
 
-   * the local lease ran out (no renewal reached Consul): Consul cannot expire the session before
-     ``margin`` seconds after the lease ended, and the key then stays locked for ``lock_delay``
-     seconds, so the deadline is ``lease end + margin + lock_delay - KILL_SAFETY``;
-   * the key was released by Consul (the session was invalidated): nobody can take it for
-     ``lock_delay`` seconds from then; the session is looked up at once, and if it still exists (the key
-     was released explicitly, with no lock-delay) SIGKILL follows immediately;
+   * the local lease ran out (no renewal reached Consul), or the key was released by Consul (the
+     session was invalidated): Consul may have ended the session right after the last successful
+     renewal was sent (``lease`` seconds before the lease's end: a node deregistration does that), and
+     the key then stays locked for ``lock_delay`` seconds, so the deadline is
+     ``lease end - lease + lock_delay - KILL_SAFETY`` (the lock-delay outlasts the lease, so this is
+     after the lease's end). After a release the session is looked up at once, and if it still exists
+     (the key was released explicitly, with no lock-delay) SIGKILL follows immediately;
    * the key was deleted or taken by another session, a renewal found the session gone (when it went
      is unknown), or anything else: another process may hold the key already, so SIGKILL at once.
 
@@ -47,7 +49,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn
 
 from singleton.cli._common import (
     EXIT_CANNOT_EXECUTE,
@@ -60,8 +61,8 @@ from singleton.cli._common import (
     failing,
     settings_from,
 )
-from singleton.config import LOCK_DELAY_MAX, LeaseSpec, Settings
-from singleton.election import Election, ElectionStatus, Elector
+from singleton.config import LeaseOverrides, LeaseSpec, Settings
+from singleton.election import AcquireOutcome, Election, Elector, Phase
 from singleton.errors import BackendError
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.token import StopCause, StopToken
@@ -163,16 +164,20 @@ def kill_deadline(
     ``grace`` seconds after ``fired_at``. A cause that says nothing of that moment (the key deleted or
     taken, the session found gone at an unknown time) means another process may hold the key already.
     """
-    assert spec.margin is not None
+    assert spec.lock_delay is not None
+    # The last successful renewal was sent ``lease`` seconds before the lease's end. Consul may have
+    # ended the session at once after it (a node deregistration), and then nobody can take the key for
+    # the lock-delay: that is the earliest takeover whenever the session was invalidated.
+    renewed = (lease_end if lease_end is not None else fired_at) - spec.lease
     if cause is StopCause.KEY_RELEASED:
-        takeover = fired_at + spec.lock_delay
+        takeover = renewed + spec.lock_delay
         why = f"the session was invalidated: nobody can take the key for its {spec.lock_delay:g}s lock-delay"
         check = True
     elif cause is StopCause.LEASE_EXPIRED and lease_end is not None:
-        takeover = min(lease_end, fired_at) + spec.margin + spec.lock_delay
+        takeover = renewed + spec.lock_delay
         why = (
-            f"Consul cannot expire the session before {spec.margin:g}s after the local lease ended, "
-            f"and the key stays locked {spec.lock_delay:g}s more"
+            f"Consul may have ended the session right after the last renewal, and the key then stays locked "
+            f"{spec.lock_delay:g}s"
         )
         check = False
     else:
@@ -199,9 +204,12 @@ def _signal_group(pgid: int, signum: int) -> bool:
 class _Run:
     """One ``singleton run``: wait for the lock, supervise the command, release. See the module docstring."""
 
-    def __init__(self, args: argparse.Namespace, settings: Settings, out: Output, gate: Gate) -> None:
+    def __init__(
+        self, args: argparse.Namespace, settings: Settings, lease: LeaseOverrides, out: Output, gate: Gate
+    ) -> None:
         self.args = args
         self.settings = settings
+        self.lease = lease
         self.out = out
         self.gate = gate
         self.command: list[str] = args.command
@@ -216,12 +224,11 @@ class _Run:
         try:
             with _signals_to(self.waker, self.signals):
                 try:
-                    election = self.elector.register(self.args.key)
+                    election = self.elector.register(self.args.key, overrides=self.lease)
                     election.add_listener(lambda _election: self.waker.wake())
                     while True:
-                        self._wait_for_lock(election)
-                        token = election.token
-                        code = None if token is None else self._supervise(election, token)
+                        token = self._wait_for_lock(election)
+                        code = self._supervise(election, token)
                         if code is not None:
                             return code
                 finally:
@@ -278,62 +285,46 @@ class _Run:
             self.out.detail(f"forwarding {signal.Signals(signum).name} to pid {pgid}")
             _signal_group(pgid, signum)
 
-    def _wait_for_lock(self, election: Election) -> None:
-        """Return once this process leads the key; otherwise raise Exit with the code to exit with."""
+    def _wait_for_lock(self, election: Election) -> StopToken:
+        """The term's token once this process leads the key; otherwise raise Exit with the code to exit with."""
         timeout = self.settings.consul.timeout
-        began = time.monotonic()
-        settle_by = began + 3 * timeout + 2  # a session, an acquisition and a read, each within timeout
-        deadline: float | None = None
-        if self.args.wait is not None:
-            deadline = began + self.args.wait
-        elif self.args.no_wait:
-            deadline = settle_by + LOCK_DELAY_MAX  # a free key may be inside a lock-delay: wait it out
-        settled = election.wait_settled(0)
         announced = False
-        while True:
-            self._interrupted()
-            if election.is_leader:
-                self.gate.open = True
-                return
-            now = time.monotonic()
-            status = election.status()
-            other = status.holder_session is not None and status.holder_session != status.session
-            if not settled:
-                settled = election.wait_settled(0)
-                if settled:
-                    # The first attempt decides whether Consul can be used at all.
-                    why = None if election.is_leader else failing(election.status())
-                    if why is not None:
-                        raise attempt_failed(self.args.key, why)
-                    self.gate.open = True
-                elif now >= settle_by:
-                    raise Exit(
-                        EXIT_UNAVAILABLE,
-                        f"cannot reach Consul: {self.elector.backend.description} did not answer within "
-                        f"{now - began:.0f}s; check CONSUL_HTTP_ADDR (or --address)",
-                    )
-            if settled and other:
-                if self.args.no_wait:
-                    raise Exit(
-                        EXIT_HELD_ELSEWHERE,
-                        f"{self.args.key!r} is held by {status.holder or 'another session'}; "
-                        "not running the command (--no-wait)",
-                        error=False,
-                    )
-                if not announced:
-                    self.out.detail(f"waiting for {self.args.key!r}, held by {status.holder or 'another session'}")
-                    announced = True
-            if deadline is not None and now >= deadline and settled:
-                self._give_up(status, other)
-            self.waker.wait(0.1)
 
-    def _give_up(self, status: ElectionStatus, held_elsewhere: bool) -> NoReturn:
+        def interrupt() -> None:
+            nonlocal announced
+            self._interrupted()
+            if not self.gate.open and election.wait_settled(0) and failing(election.status()) is None:
+                self.gate.open = True  # past the first attempt: the engine's own warnings may show now
+            if not announced and election.phase is Phase.WATCHING:
+                announced = True
+                self.out.detail(f"waiting for {self.args.key!r}, held by {election.holder or 'another session'}")
+
+        wait = 0.0 if self.args.no_wait else self.args.wait
+        # The first attempt: a session, an acquisition and a read, each within the HTTP timeout.
+        result = election.acquire(wait, settle_timeout=3 * timeout + 2, interrupt=interrupt)
+        if result.outcome is AcquireOutcome.LEADER:
+            assert result.token is not None
+            self.gate.open = True
+            return result.token
+        if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
+            holder = result.holder or "another session"
+            if self.args.no_wait:
+                raise Exit(
+                    EXIT_HELD_ELSEWHERE,
+                    f"{self.args.key!r} is held by {holder}; not running the command (--no-wait)",
+                    error=False,
+                )
+            raise Exit(
+                EXIT_HELD_ELSEWHERE,
+                f"{self.args.key!r} not acquired (--wait {self.args.wait:g}): held by {holder}",
+                error=False,
+            )
+        if result.error is not None:
+            raise attempt_failed(self.args.key, result.reason or str(result.error))
+        if not election.wait_settled(0):
+            raise Exit(EXIT_UNAVAILABLE, f"cannot reach Consul: {result.reason}; check CONSUL_HTTP_ADDR (or --address)")
         waited = "--no-wait" if self.args.no_wait else f"--wait {self.args.wait:g}"
-        why = failing(status)
-        if why is not None:
-            raise attempt_failed(self.args.key, why)
-        holder = f"held by {status.holder}" if held_elsewhere and status.holder else (status.reason or "not acquired")
-        raise Exit(EXIT_HELD_ELSEWHERE, f"{self.args.key!r} not acquired ({waited}): {holder}", error=False)
+        raise Exit(EXIT_HELD_ELSEWHERE, f"{self.args.key!r} not acquired ({waited}): {result.reason}", error=False)
 
     # -- supervising ----------------------------------------------------------------------------
 
@@ -448,7 +439,11 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     if not command:
         raise Exit(EXIT_USAGE, "no command given (usage: singleton run --key KEY -- COMMAND [ARGS...])")
     args.command = command
-    settings = settings_from(args, ttl=args.ttl, lock_delay=args.lock_delay)
-    settings.full_key(args.key)  # a bad key is a usage error before anything starts
+    settings = settings_from(args)
+    settings.full_key(args.key)  # a bad key or lease is a usage error before anything starts
+    lease = LeaseOverrides.checked(
+        ttl=args.ttl, lock_delay=args.lock_delay, names={"ttl": "--ttl", "lock_delay": "--lock-delay"}
+    )
+    settings.lease.derive(lease)
     with engine_logging(out) as gate:
-        return _Run(args, settings, out, gate)()
+        return _Run(args, settings, lease, out, gate)()

@@ -90,10 +90,10 @@ from datetime import datetime, timedelta, timezone
 from importlib import metadata
 from typing import Any, TypeVar
 
-from singleton import _runtime
-from singleton.config import LOCK_DELAY_MAX, LOCK_DELAY_MIN, TTL_MAX, TTL_MIN, LeaseSpec, check_range, validate_key
+from singleton._attach import Attachment
+from singleton.config import LeaseOverrides, check_range, validate_key
 from singleton.election import Election, Elector, Role
-from singleton.errors import ConfigurationError, SingletonError
+from singleton.errors import ConfigurationError
 from singleton.token import StopToken
 
 _INSTALL_HINT = "install it with: pip install 'consul-singleton[apscheduler]'"
@@ -183,15 +183,15 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         self.key = validate_key(key)
-        self.ttl, self.lock_delay, self.margin = _lease_options(ttl, lock_delay, margin)
+        self.lease = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin)
+        self.ttl, self.lock_delay, self.margin = self.lease.ttl, self.lease.lock_delay, self.lease.margin
         self.poll_interval = check_range("poll_interval", poll_interval, 0.1, 3600.0)
         if elector is not None and not isinstance(elector, Elector):
             raise ConfigurationError(f"elector must be a singleton Elector or None, got {elector!r}")
         self.inner: Any = _resolve_store(inner)
         flag = _flag("shared", shared)
         self.shared: bool = flag if flag is not None else _shared_by_type(self.inner)
-        self._elector = elector
-        self._election: Election | None = None
+        self._attachment = Attachment(self.key, self.lease, elector, owner=f"{type(self).__name__}({self.key!r})")
         #: Wall-clock time of the last start(): overdue runs older than this are the startup backlog.
         self._started_at = math.inf
         self._wake_mode = "direct"
@@ -227,29 +227,21 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
     @property
     def election(self) -> Election | None:
         """This store's election (``is_leader``, ``holder``, ``status()``, ``resign()``); None before start."""
-        return self._election
+        return self._attachment.election
 
     @property
     def is_leader(self) -> bool:
         """Whether this process runs the store's jobs now. A read of cached state, never a network call."""
-        election = self._election
+        election = self._attachment.election
         return election is not None and election.is_leader
 
     def _attach(self) -> Election | None:
         """The election of ``key``, registering it on first use; None when this process cannot campaign
         (singleton shut down): then the store is a follower for good and says so in the log."""
-        election = self._election
-        if election is not None and not election.elector.closed:
-            return election
-        try:
-            elector = self._elector if self._elector is not None else _runtime.get_elector()
-            election = elector.register(self.key, ttl=self.ttl, lock_delay=self.lock_delay, margin=self.margin)
-        except ConfigurationError:
-            raise
-        except SingletonError as exc:
-            _log.error("%r: cannot campaign for %r (%s); its jobs will not run in this process", self, self.key, exc)
-            return None
-        self._election = election
+        election = self._attachment.get()
+        if election is None:
+            why = self._attachment.unavailable
+            _log.error("%r: cannot campaign for %r (%s); its jobs will not run in this process", self, self.key, why)
         return election
 
     def _on_leadership(self, election: Election) -> None:
@@ -294,7 +286,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         takes over at once. Waits up to ``RESIGN_WAIT`` seconds for the release (when Consul is slow or
         down the session's expiry frees the key instead); never raises a Consul error.
         """
-        election = self._election
+        election = self._attachment.election
         if election is not None:
             election.remove_listener(self._on_leadership)
             if not election.elector.closed:
@@ -326,7 +318,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         per-process store advances the due jobs as the leader does (once the first acquisition attempt
         has an outcome); a shared store is not touched.
         """
-        election = self._election
+        election = self._attachment.election
         token = election.token if election is not None else None
         if token is None or election is None:
             if not self.shared and (election is None or election.role is not Role.STARTING):
@@ -344,7 +336,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
 
     def get_next_run_time(self) -> datetime | None:
         """When the scheduler should look again: never a time in the past while not leading."""
-        election = self._election
+        election = self._attachment.election
         leading = election is not None and election.is_leader
         now = datetime.now(timezone.utc)
         if self.shared:
@@ -498,23 +490,6 @@ def _guarded(func: Any, election: Election, token: StopToken) -> Any:
 
 
 # -- configuration ----------------------------------------------------------------------------------
-
-
-def _lease_options(
-    ttl: float | None, lock_delay: float | None, margin: float | None
-) -> tuple[float | None, float | None, float | None]:
-    """The lease options as numbers, checked now; the process defaults fill in what is not given."""
-    if ttl is not None:
-        ttl = check_range("ttl", ttl, TTL_MIN, TTL_MAX)
-    if lock_delay is not None:
-        lock_delay = check_range("lock_delay", lock_delay, LOCK_DELAY_MIN, LOCK_DELAY_MAX)
-    if margin is not None:
-        margin = check_range("margin", margin, 0.0, TTL_MAX)
-        if ttl is not None:  # else the process's ttl applies, and register() checks the pair at start
-            LeaseSpec(ttl=ttl, lock_delay=0.0, margin=margin)
-        elif margin <= 0:
-            raise ConfigurationError(f"margin must be greater than 0 seconds, got {margin!r}")
-    return ttl, lock_delay, margin
 
 
 def _flag(name: str, value: object) -> bool | None:

@@ -74,7 +74,6 @@ process without a release: the lock then frees itself after the TTL and the lock
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -85,9 +84,9 @@ from django.core.management.base import (  # type: ignore[import-untyped, unused
     OutputWrapper,
 )
 
-from singleton.config import LOCK_DELAY_MAX, TTL_MAX, TTL_MIN, Settings, check_range, validate_key
+from singleton.config import TTL_MAX, TTL_MIN, LeaseOverrides, Settings, check_range, validate_key
 from singleton.contrib.django import conf
-from singleton.election import Election, Elector
+from singleton.election import AcquireOutcome, Election, Elector, Phase
 from singleton.errors import ConfigurationError, LeadershipLost
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.token import StopToken
@@ -98,8 +97,6 @@ T = TypeVar("T")
 
 #: The longest ``--leader-wait`` (a day).
 WAIT_MAX = 86400.0
-# How often the wait loop looks at the election's state (memory reads only, no network call).
-_POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -107,8 +104,8 @@ class LeaderPlan:
     """What one run of a leader-only command asks for: validated, before anything runs."""
 
     key: str
-    #: The session TTL for this key; None means the settings' default.
-    ttl: float | None
+    #: The key's lease settings (its TTL); empty means the settings' defaults.
+    lease: LeaseOverrides
     #: Seconds to wait for the lock when another process holds it.
     wait: float
     fail_if_held: bool
@@ -131,17 +128,14 @@ class LeaderPlan:
         """
         try:
             checked_key = validate_key(key[0], key[1])
-            checked_ttl = None if ttl[0] is None else check_range(ttl[1], ttl[0], TTL_MIN, TTL_MAX)
+            lease = LeaseOverrides.checked(ttl=ttl[0], names={"ttl": ttl[1]})
             checked_wait = 0.0 if wait[0] is None else check_range(wait[1], wait[0], 0.0, WAIT_MAX)
             settings = conf.get_settings()
-            try:
-                settings.lease_for(ttl=checked_ttl)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"{ttl[1]}: {exc}") from exc
+            settings.lease.derive(lease)
             settings.full_key(checked_key)
         except ConfigurationError as exc:
             raise CommandError(str(exc), returncode=EXIT_USAGE) from exc
-        return cls(checked_key, checked_ttl, checked_wait, bool(fail_if_held), bool(no_leader), settings)
+        return cls(checked_key, lease, checked_wait, bool(fail_if_held), bool(no_leader), settings)
 
 
 @dataclass(frozen=True)
@@ -179,7 +173,7 @@ def run_exclusively(
     elector = Elector(plan.settings, name=f"singleton-django[{plan.key}]")
     quiet = _quiet_engine_logs()
     try:
-        election = elector.register(plan.key, ttl=plan.ttl)
+        election = elector.register(plan.key, overrides=plan.lease)
         outcome = _acquire(election, plan, label=label, stderr=stderr, verbosity=verbosity)
         if isinstance(outcome, _NotRun):
             if outcome.holder is None:
@@ -220,38 +214,23 @@ def _quiet_engine_logs() -> logging.Handler | None:
 def _acquire(election: Election, plan: LeaderPlan, *, label: str, stderr: Any, verbosity: int) -> StopToken | _NotRun:
     """The term's token once this process leads the key, or why it does not (after ``plan.wait``)."""
     settings = plan.settings
-    started = time.monotonic()
+    announced = False
+
+    def interrupt() -> None:
+        nonlocal announced
+        if verbosity >= 2 and not announced and plan.wait > 0 and election.phase is Phase.WATCHING:
+            announced = True
+            stderr.write(f"{label}: waiting up to {plan.wait:g}s for the lock, held by {election.holder}")
+
     # The first attempt: about one round trip; bounded by the HTTP timeout when Consul hangs.
     settle = max(settings.startup_timeout, settings.consul.timeout + 1.0)
-    if not election.wait_settled(settle):
-        return _NotRun(None, f"no answer from Consul within {settle:g}s")
-    deadline = started + plan.wait
-    lock_delay_end: float | None = None
-    announced = False
-    while True:
-        token = election.token
-        if token is not None:
-            return token
-        status = election.status()
-        now = time.monotonic()
-        if now < deadline:
-            if verbosity >= 2 and not announced and status.holder is not None:
-                stderr.write(f"{label}: waiting up to {deadline - now:.0f}s for the lock, held by {status.holder}")
-                announced = True
-            limit = deadline - now
-        elif status.holder is not None:
-            return _NotRun(status.holder, status.reason or f"held by {status.holder}")
-        elif status.error is not None:
-            return _NotRun(None, status.reason or str(status.error))
-        else:
-            # Free, but inside the lock-delay of a holder that died: it ends within LOCK_DELAY_MAX,
-            # then one of the processes waiting gets the key.
-            if lock_delay_end is None:
-                lock_delay_end = now + LOCK_DELAY_MAX + settle
-            if now >= lock_delay_end:
-                return _NotRun(None, status.reason or "the key could not be acquired")
-            limit = lock_delay_end - now
-        election.wait_for_leadership(min(limit, _POLL))
+    result = election.acquire(plan.wait, settle_timeout=settle, interrupt=interrupt if verbosity >= 2 else None)
+    if result.outcome is AcquireOutcome.LEADER:
+        assert result.token is not None
+        return result.token
+    if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
+        return _NotRun(result.holder or "another session", result.reason or "held elsewhere")
+    return _NotRun(None, result.reason or "the key could not be acquired")
 
 
 def _run_body(

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import singleton
-from singleton.config import ConsulSettings, Settings
+from singleton.config import ConsulSettings, LeaseOverrides, Settings
 from singleton.errors import ConfigurationError
 
 __all__ = ["SETTING", "allowed_keys", "get_settings", "overrides_from", "settings_from"]
@@ -42,6 +42,7 @@ SETTING = "SINGLETON"
 _COMPOSITE = {"consul", "lease"}
 # Checked only together with the others: margin's range depends on ttl; a client cert needs its key.
 _JOINT = {"margin", "client_cert", "client_key"}
+_LEASE = {"ttl", "lock_delay"}
 # Values the engine would take as they are: a string "false" must not turn certificate checks on.
 _STRINGS = {
     "address",
@@ -100,7 +101,10 @@ def overrides_from(value: object) -> dict[str, Any]:
             raise ConfigurationError(f"{_where(key)} must be True or False, got {item!r}")
         if name not in _JOINT and item is not None:
             try:
-                Settings.from_env({}, **{name: item})
+                if name in _LEASE:  # alone, only its range: how it fits the others is checked below
+                    LeaseOverrides.checked(**{name: item})
+                else:
+                    Settings.from_env({}, **{name: item})
             except ConfigurationError as exc:  # ours already: the key's name is all that is added
                 raise ConfigurationError(f"{_where(key)}: {exc}") from None
             except (TypeError, ValueError) as exc:  # a value of the wrong type deeper down

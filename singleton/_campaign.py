@@ -1,0 +1,467 @@
+"""One key's campaign: the phases it goes through, and how each answer from Consul moves it.
+
+A campaign is in exactly one :class:`Phase`, with a due time and a reason; :meth:`Campaign._to` is the
+only place that writes them, and the one place that logs a change of leadership, notifies waiters and
+calls listeners. Only the election thread calls a campaign's methods (and, once that thread has stopped,
+the thread that shuts the elector down); any thread may read its fields.
+
+::
+
+    STARTING --attempt--> LEADING | WATCHING | LOCK_DELAY | BACKING_OFF
+    WATCHING --key freed--> ATTEMPT_DUE --attempt--> ...
+    LOCK_DELAY --delay over--> (attempt) ...
+    LEADING --lease ran out / session lost / key released, deleted--> ATTEMPT_DUE
+    LEADING --key taken--> WATCHING
+    any --resign()--> RESIGNED --campaign()--> ATTEMPT_DUE
+
+The judgements, as numbered steps, are in :meth:`Campaign.judge_attempt` (an acquisition's answer) and
+:meth:`Campaign.on_key_changed` (a watch's answer).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from singleton import _retry
+from singleton._log import RateLimitedLogger
+from singleton._session import LeaseExpired, SessionEvent, SessionKeeper, SessionLost, SessionUnavailable
+from singleton._watch import KeyChanged
+from singleton.backends.base import Acquisition, Backend, KeyInfo
+from singleton.config import LeaseSpec
+from singleton.errors import AccessDenied, BackendError, SessionInvalidated
+from singleton.token import StopCause, StopToken
+
+__all__ = ["LOCK_DELAY_SLACK", "Campaign", "Phase"]
+
+_log = logging.getLogger("singleton.election")
+
+#: After a lock-delay has surely ended by our clock, Consul's own clock may still need a moment.
+LOCK_DELAY_SLACK = 0.05
+_NOW_OR_NEVER = math.inf
+
+
+class Phase(str, enum.Enum):
+    """Where a key's campaign stands. ``due`` is when the next acquisition attempt is made."""
+
+    #: Registered; the first attempt is due at once.
+    STARTING = "starting"
+    #: An attempt is due (a release was seen, a term ended): made as soon as the session is valid.
+    ATTEMPT_DUE = "attempt_due"
+    #: The last attempt, or the session, failed with an error: the next attempt waits out a backoff.
+    BACKING_OFF = "backing_off"
+    #: The key is free but inside the lock-delay its last holder left: the next attempt is when it ends.
+    LOCK_DELAY = "lock_delay"
+    #: Another session holds the key: the watch tells when it changes (no polling).
+    WATCHING = "watching"
+    #: This process holds the key; the term's stop token is live.
+    LEADING = "leading"
+    #: Not campaigning (resign(), or shutdown).
+    RESIGNED = "resigned"
+
+
+_ATTEMPTING = frozenset({Phase.STARTING, Phase.ATTEMPT_DUE, Phase.BACKING_OFF, Phase.LOCK_DELAY})
+_GRACEFUL = frozenset({StopCause.RESIGNED, StopCause.SHUTDOWN})
+
+
+class Campaign:
+    """The campaign for one key, under the session of its lease group (see the module docstring)."""
+
+    # Slots: the call path reads ``token`` and ``bodies`` on every decorated call.
+    __slots__ = (
+        "_clock",
+        "_denied",
+        "_errors",
+        "_holder_lock_delay",
+        "_notify",
+        "_race",
+        "_recheck",
+        "_released_at",
+        "_released_lock_delay",
+        "_rlog",
+        "_wall",
+        "backend",
+        "bodies",
+        "due",
+        "error",
+        "full_key",
+        "held_by",
+        "holder",
+        "holder_session",
+        "identity",
+        "keeper",
+        "key",
+        "last_error",
+        "listeners",
+        "owner",
+        "phase",
+        "reason",
+        "seen_index",
+        "settled",
+        "spec",
+        "token",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        full_key: str,
+        spec: LeaseSpec,
+        *,
+        keeper: SessionKeeper,
+        backend: Backend,
+        identity: str,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        rng: _retry.Random,
+        rlog: RateLimitedLogger,
+        notify: Callable[[], None],
+    ) -> None:
+        self.key = key
+        self.full_key = full_key
+        self.spec = spec
+        self.keeper = keeper
+        self.backend = backend
+        self.identity = identity
+        self._clock = clock
+        self._wall = wall_clock
+        self._rlog = rlog
+        self._notify = notify
+        # -- the state; written by _to() only -------------------------------------------------
+        self.phase = Phase.STARTING
+        self.due = clock()
+        self.reason: str | None = "not started"
+        #: The current term's token while LEADING (it may have stopped by its own lease meanwhile).
+        self.token: StopToken | None = None
+        # -- what this process knows of the key ---------------------------------------------------
+        self.seen_index = 0
+        self.holder: str | None = None
+        self.holder_session: str | None = None
+        self._holder_lock_delay: float | None = None
+        self._released_at: float | None = None
+        self._released_lock_delay: float | None = None
+        #: The session that holds the key by the latest news (ours or None): what shutdown releases.
+        self.held_by: str | None = None
+        #: The error of the latest attempt (or session creation); None once one had an answer.
+        self.error: BackendError | None = None
+        #: The last error seen, in words, kept after a success (a history for operators).
+        self.last_error: str | None = None
+        #: Set once the first attempt has an outcome (leader, follower or an error).
+        self.settled = threading.Event()
+        #: One item per leader-only body running now (list.append/pop are atomic: no lock on the call path).
+        self.bodies: list[None] = []
+        self.listeners: list[Callable[[Any], object]] = []
+        #: What listeners are called with (the public Election).
+        self.owner: object = self
+        self._errors = _retry.ACQUIRE_ERROR.start(rng)
+        self._denied = _retry.ACCESS_DENIED.start(rng)
+        self._recheck = _retry.LOCK_DELAY_RECHECK.start(rng)
+        self._race = _retry.RACE.start(rng)
+
+    def __repr__(self) -> str:
+        return f"<Campaign {self.full_key!r} {self.phase.value}>"
+
+    # -- reading (any thread) ---------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        token = self.token
+        return token is not None and not token.stopped
+
+    def wants_attempt(self, now: float) -> bool:
+        return self.phase in _ATTEMPTING and now >= self.due
+
+    # -- the one transition -----------------------------------------------------------------------
+
+    def _to(
+        self,
+        phase: Phase,
+        reason: str | None,
+        *,
+        due: float = _NOW_OR_NEVER,
+        token: StopToken | None = None,
+        cause: StopCause | None = None,
+        ended: str | None = None,
+        forked: bool = False,
+    ) -> None:
+        """Enter ``phase``: the only writer of phase, due and reason (see the module docstring).
+
+        Leaving LEADING fires the term's token first (why: ``ended``, default ``reason``; and ``cause``),
+        so that a caller holding it sees it stopped before anything else happens. ``forked``: in a forked
+        child, where other threads' locks may be held for ever: no lock, no log, no waiter, no listener.
+        """
+        was_leading = self.phase is Phase.LEADING
+        if was_leading and phase is not Phase.LEADING:
+            why = ended or reason or "stopped"
+            term, self.token = self.token, None
+            if forked:
+                if term is not None:
+                    term._fire_in_forked_child(why)
+                self.phase, self.due, self.reason = phase, due, reason
+                return
+            if term is not None:
+                term.fire(why, cause)
+            level = logging.INFO if cause in _GRACEFUL else logging.WARNING
+            _log.log(level, "%s is no longer the leader of %r: %s", self.identity, self.key, why)
+        if phase is Phase.LEADING:
+            assert token is not None
+            self.token = token
+            self.error = None
+            _log.warning("%s is now the leader of %r (fence %d)", self.identity, self.key, token.fence)
+        self.phase, self.due, self.reason = phase, due, reason
+        if forked:
+            return
+        if phase is not Phase.STARTING:
+            self.settled.set()
+        self._notify()
+        if was_leading != (phase is Phase.LEADING):
+            for callback in list(self.listeners):
+                try:
+                    callback(self.owner)
+                except Exception:
+                    _log.exception("leadership listener %r of %r failed", callback, self.key)
+
+    def end_term(
+        self, reason: str, cause: StopCause, *, then: Phase = Phase.ATTEMPT_DUE, then_reason: str | None = None
+    ) -> None:
+        """End the term for ``reason``; go on in ``then`` (an attempt at once, by default)."""
+        if self.phase is Phase.LEADING:
+            due = self._clock() if then is Phase.ATTEMPT_DUE else _NOW_OR_NEVER
+            self._to(then, then_reason or reason, due=due, cause=cause, ended=reason)
+
+    # -- an acquisition attempt ---------------------------------------------------------------------
+
+    def attempt(self) -> SessionLost | None:
+        """Try to acquire the key with the keeper's session (valid when called); judge the answer.
+
+        Returns the keeper's :class:`SessionLost` when Consul says the session is gone (the elector
+        hands it to every campaign of the group).
+        """
+        session = self.keeper.id
+        assert session is not None
+        try:
+            result = self.backend.acquire(
+                self.full_key, session, self.identity.encode(), flags=int(self._wall() * 1000)
+            )
+        except SessionInvalidated as exc:
+            return self.keeper.forget(f"session invalidated: {exc}")
+        except BackendError as exc:
+            policy = self._denied if isinstance(exc, AccessDenied) else self._errors
+            self.note_error(exc, "acquire the key")
+            self._to(Phase.BACKING_OFF, f"could not acquire the key: {exc}", due=self._clock() + policy.next())
+            return None
+        self._errors.reset()
+        self._denied.reset()
+        self.error = None
+        self.judge_attempt(result, session)
+        return None
+
+    def judge_attempt(self, result: Acquisition, session: str) -> None:
+        """What an acquisition's answer means, step by step."""
+        now = self._clock()
+        entry = result.entry
+        holder_session = entry.session if entry is not None else None
+        # 1. Acquired. If the lease ran out during the call, the session must be proven first.
+        if result.acquired and entry is not None:
+            if not self.keeper.valid(now):
+                self._to(Phase.ATTEMPT_DUE, "the local lease ran out during the attempt", due=now)
+                return
+            self._lead(entry, session)
+            return
+        # 2. Refused, yet the key's Session is ours. Consul judges the lock-delay before the holder, so
+        #    this is a lock-delay: servers restarted from their data replay old invalidations, with
+        #    their delays counted from the restart. Our session still holds the key and nobody else can
+        #    take it: the term resumes, fenced by the key's ModifyIndex (unchanged since we took it).
+        if entry is not None and holder_session == session:
+            if not self.keeper.valid(now):
+                self._to(Phase.ATTEMPT_DUE, "the local lease ran out during the attempt", due=now)
+                return
+            _log.warning(
+                "%r: Consul refused to re-acquire the key that our session %s holds (a lock-delay, replayed "
+                "after a server restart): leadership resumes on that session",
+                self.key,
+                session,
+            )
+            self._lead(entry, session)
+            return
+        self._observe(entry, now)
+        # 3. Refused: another session holds the key. The watch says when that changes.
+        if holder_session is not None:
+            self.held_by = None
+            self._to(Phase.WATCHING, f"held by {self.holder or 'another session'}")
+            return
+        # 4. Refused: the key is free (or missing), so inside a lock-delay; or, on a backend without
+        #    lock-delays, another process won a race.
+        if not self.backend.lock_delays:
+            self._to(
+                Phase.LOCK_DELAY, "the key was taken and let go meanwhile; looking again", due=now + self._race.next()
+            )
+            return
+        end = self._lock_delay_end(now)
+        self._to(
+            Phase.LOCK_DELAY, f"the key is free but inside a lock-delay; next attempt in {end - now:.2f}s", due=end
+        )
+
+    def _lead(self, entry: KeyInfo, session: str) -> None:
+        self._recheck.reset()
+        self._race.reset()
+        self.seen_index = max(self.seen_index, entry.modify_index)
+        self.holder, self.holder_session, self.held_by = self.identity, session, session
+        token = StopToken(
+            self.key, fence=entry.modify_index, lease=self.keeper.lease, clock=self._clock, since=self._wall()
+        )
+        self._to(Phase.LEADING, None, token=token)
+
+    def _lock_delay_end(self, now: float) -> float:
+        """When the lock-delay of the key's last holder has surely ended, by our clock."""
+        delay = self._released_lock_delay
+        if delay is None:
+            delay = self.spec.lock_delay or 0.0
+        seen = self._released_at
+        end = (now if seen is None else seen) + delay + LOCK_DELAY_SLACK
+        if end <= now:
+            # By our reckoning it is over, yet Consul still refuses: a clock or a delay we do not know
+            # (a replayed one). Look again soon, a little later each time, until a holder changes.
+            end = now + self._recheck.next()
+        return end
+
+    def _observe(self, entry: KeyInfo | None, now: float) -> None:
+        """Record who holds the key, and when a holder let go (for the lock-delay arithmetic)."""
+        session = entry.session if entry is not None else None
+        if session != self.holder_session:
+            if self.holder_session is not None and session is None:
+                self._released_at = now
+                self._released_lock_delay = self._holder_lock_delay
+            self._holder_lock_delay = None
+            if session is not None:
+                self._recheck.reset()
+                self._race.reset()
+                if session != self.keeper.id:
+                    try:
+                        info = self.backend.session_info(session)
+                        self._holder_lock_delay = info.lock_delay if info is not None else None
+                    except BackendError as exc:
+                        _log.debug("could not read the holder's session %s: %s", session, exc)
+            self.holder_session = session
+        self.holder = entry.holder if entry is not None and session is not None else None
+
+    # -- a watch's news -----------------------------------------------------------------------------
+
+    def on_key_changed(self, change: KeyChanged) -> None:
+        """What a change of the key means, step by step."""
+        # 1. An index that went backwards (a restarted dev agent) resets what we know.
+        if change.reset:
+            self.seen_index = 0
+        # 2. Older than what we know already: a watch that began before our own acquisition.
+        if change.index < self.seen_index:
+            return
+        self.seen_index = change.index
+        now = self._clock()
+        entry = change.entry
+        session = entry.session if entry is not None else None
+        self._observe(entry, now)
+        ours = self.keeper.id
+        if session is None or session != ours:
+            self.held_by = None
+        # 3. Leading: the key must still carry our session; anything else ends the term.
+        if self.phase is Phase.LEADING:
+            if session is not None and session == ours:
+                return
+            if entry is None:
+                self.end_term("the key was deleted", StopCause.KEY_DELETED)
+            elif session is None:
+                self.end_term(
+                    "the key was released by Consul (session invalidated or released by an operator)",
+                    StopCause.KEY_RELEASED,
+                )
+            else:
+                self.end_term(
+                    f"the key is now held by {entry.holder} (session {session})",
+                    StopCause.KEY_TAKEN,
+                    then=Phase.WATCHING,
+                    then_reason=f"held by {self.holder or 'another session'}",
+                )
+            return
+        if self.phase in (Phase.RESIGNED, Phase.STARTING):
+            return
+        # 4. Campaigning: free (or ours) means an attempt now, or when the lock-delay ends.
+        if session is None or session == ours:
+            if self.phase is Phase.LOCK_DELAY and self.due > now:
+                return
+            if self.phase is Phase.BACKING_OFF:
+                return  # the backoff's own due time stands
+            self._to(
+                Phase.ATTEMPT_DUE, f"free (last held by {entry.holder})" if entry and entry.holder else "free", due=now
+            )
+            return
+        # 5. Another session holds it: watch.
+        if self.phase is not Phase.WATCHING:
+            self._to(Phase.WATCHING, f"held by {self.holder or 'another session'}")
+
+    def note_error(self, exc: BackendError, doing: str, *, current: bool = True) -> None:
+        """Keep ``exc`` for status (``current``: it is the latest attempt's) and log it, rate-limited."""
+        self.last_error = f"{doing}: {exc}"
+        if current:
+            self.error = exc
+        level = logging.ERROR if isinstance(exc, AccessDenied) else logging.WARNING
+        self._rlog.log(level, f"{doing}:{type(exc).__name__}", "%r: could not %s: %s", self.key, doing, exc)
+
+    # -- the session's news -----------------------------------------------------------------------
+
+    def on_session_event(self, event: SessionEvent) -> None:
+        if isinstance(event, LeaseExpired):
+            self.end_term(event.reason, StopCause.LEASE_EXPIRED)
+        elif isinstance(event, SessionLost):
+            self.held_by = None
+            if self.phase is Phase.LEADING:
+                self.end_term(event.reason, StopCause.SESSION_GONE)
+            elif self.phase in _ATTEMPTING:
+                self._to(self.phase, self.reason, due=min(self.due, self._clock()))
+        elif isinstance(event, SessionUnavailable):
+            self.note_error(event.error, "create a session")
+            if self.phase in _ATTEMPTING:
+                self._to(Phase.BACKING_OFF, f"could not create a session: {event.error}", due=self.due)
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    def resign(self) -> None:
+        """Stop campaigning; release the key if our session holds it (no lock-delay follows)."""
+        if self.phase is Phase.LEADING:
+            self.end_term("resigned", StopCause.RESIGNED, then=Phase.RESIGNED)
+        elif self.phase is not Phase.RESIGNED:
+            self._to(Phase.RESIGNED, "resigned")
+        try:
+            self.release()
+        except BackendError as exc:
+            self.note_error(exc, "release the key", current=False)
+
+    def rejoin(self) -> None:
+        """Campaign again after :meth:`resign`."""
+        if self.phase is Phase.RESIGNED:
+            self._to(Phase.ATTEMPT_DUE, "campaigning again", due=self._clock())
+
+    def release(self) -> None:
+        """Release the key if our session holds it, by the latest news (resign and shutdown).
+
+        :raises BackendError: as :meth:`Backend.release`.
+        """
+        session = self.keeper.id
+        if session is None or self.held_by != session:
+            return
+        self.backend.release(self.full_key, session, self.identity.encode())
+        self.held_by = None
+
+    def disown(self, reason: str) -> None:
+        """In a forked child: the parent holds the key; this copy fires its token and stops (no I/O)."""
+        self._to(Phase.RESIGNED, reason, forked=True)
+
+    def shut_down(self) -> None:
+        """The elector is closing (its thread has stopped): end the term and stop campaigning."""
+        if self.phase is Phase.LEADING:
+            self.end_term("shutting down", StopCause.SHUTDOWN, then=Phase.RESIGNED)
+        elif self.phase is not Phase.RESIGNED:
+            self._to(Phase.RESIGNED, "shut down")
