@@ -36,17 +36,6 @@ WORKER = Path(__file__).with_name("worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def min_lock_delay(spec: LeaseSpec) -> float:
-    """The smallest lock-delay that keeps the token ahead of every way Consul can end a session.
-
-    Consul may end a session at once (its node deregistered), so only the lock-delay protects the holder,
-    whose token fires at most its local lease (ttl - margin) after the last renewal it sent: the lock-delay
-    must outlast that lease, with 0.5 s to spare. The engine's ``LeaseSpec.min_lock_delay`` computes the
-    same; switch to it once it is on main.
-    """
-    return spec.lease + 0.5
-
-
 @dataclass
 class Host:
     """One simulated host: its client agent, the proxy in front of it, and its worker."""
@@ -80,11 +69,11 @@ class Scenario:
     ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        # The lease alone (ttl, margin) decides the smallest lock-delay; 60 passes any rule about it.
-        self.spec = LeaseSpec(ttl=ttl, lock_delay=60, margin=margin)
+        self.spec = LeaseSpec(ttl=ttl, margin=margin)
         self.ttl = ttl
         self.margin = self.spec.margin
-        self.lock_delay = min_lock_delay(self.spec) if lock_delay is None else lock_delay
+        #: The smallest lock-delay the library accepts for this lease, unless the scenario is given one.
+        self.lock_delay = self.spec.min_lock_delay if lock_delay is None else lock_delay
         self.key = key
         names = [f"h{i + 1}" for i in range(hosts)]
         self.cluster = ConsulCluster(binary, workdir=root / "consul", clients=names)
