@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -67,23 +68,66 @@ def find_consul(explicit: str | os.PathLike[str] | None = None) -> str:
     )
 
 
+#: Where free_ports looks first: from here up to the kernel's ephemeral range.
+_LOW_PORT = 10000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (``ip_local_port_range``)."""
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def _bind_both(port: int) -> list[socket.socket]:
+    """TCP and UDP sockets bound to ``port`` on 127.0.0.1 (the caller closes them); OSError if either is taken."""
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        tcp.bind(("127.0.0.1", port))
+        udp.bind(("127.0.0.1", port))
+    except OSError:
+        tcp.close()
+        udp.close()
+        raise
+    return [tcp, udp]
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free for TCP and UDP on 127.0.0.1 right now."""
+    """``count`` distinct ports free for TCP and UDP on 127.0.0.1 right now.
+
+    They are drawn at random from below the kernel's ephemeral range, which outgoing connections take
+    their local ports from: a port chosen now and bound later by an agent (or bound again when it
+    restarts) cannot meanwhile become the local port of some connection. Only where that range leaves
+    no room are they asked of the kernel (port 0), as before.
+    """
     ports: list[int] = []
     held: list[socket.socket] = []
+    low, high = _LOW_PORT, _ephemeral_ports()[0] - 1
+    rng = random.SystemRandom()
     try:
+        attempts = 0
+        while len(ports) < count and high - low > 1000 and attempts < 100 * count:
+            attempts += 1
+            port = rng.randint(low, high)
+            if port in ports:
+                continue
+            try:
+                held += _bind_both(port)
+            except OSError:
+                continue
+            ports.append(port)
         while len(ports) < count:
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.bind(("127.0.0.1", 0))
             port = tcp.getsockname()[1]
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tcp.close()
             try:
-                udp.bind(("127.0.0.1", port))
+                held += _bind_both(port)
             except OSError:
-                tcp.close()
-                udp.close()
                 continue
-            held += [tcp, udp]
             ports.append(port)
     finally:
         for sock in held:

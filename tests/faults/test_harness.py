@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from singleton.testing import ConsulCluster, FaultProxy
+from singleton.testing import ConsulCluster, FaultProxy, free_ports
+from singleton.testing._agent import _ephemeral_ports
 
 # -- the proxy, in front of a small HTTP server of our own -------------------------------------------
 
@@ -140,6 +141,12 @@ def test_an_idle_proxy_burns_no_cpu(proxy: FaultProxy) -> None:
         assert used < 0.2, f"{used:.3f}s of CPU in 1 s of idling"
     finally:
         conn.close()
+
+
+def test_free_ports_are_not_in_the_range_outgoing_connections_take_theirs_from() -> None:
+    ports = free_ports(24)
+    assert len(set(ports)) == 24
+    assert all(1024 < p < _ephemeral_ports()[0] for p in ports), ports
 
 
 # -- a cluster with client agents ----------------------------------------------------------------------
