@@ -13,12 +13,19 @@ WITH_CONSUL = consul_bin=$$(scripts/get-consul) || { \
 	  echo "warning: no Consul binary: the tests that need it will be skipped" >&2; consul_bin=; }; \
 	export CONSUL_BIN="$$consul_bin";
 
+# Finds or installs redis-server (scripts/get-redis) for the Celery tests on a Redis broker; as above,
+# under CI=true a missing one stops the run, elsewhere those tests skip.
+WITH_REDIS = redis_bin=$$(scripts/get-redis) || { \
+	  case "$${CI:-}" in 1|true|TRUE|yes) echo "error: no redis-server (see above)" >&2; exit 1;; esac; \
+	  echo "warning: no redis-server: the Celery tests on a Redis broker will be skipped" >&2; redis_bin=; }; \
+	export REDIS_BIN="$$redis_bin";
+
 .PHONY: demo test faults lint type check tox bench consul clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,apscheduler,django,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,apscheduler,django,celery,dev]'
 	touch $(STAMP)
 
 consul:
@@ -28,7 +35,7 @@ demo: $(STAMP)
 	@$(WITH_CONSUL) $(BIN)/python examples/demo.py
 
 test: $(STAMP)
-	@$(WITH_CONSUL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(WITH_CONSUL) $(WITH_REDIS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every fault of tests/faults (make test runs only the CI set), FAULT_TRIALS trials each (3 by default);
 # FAULT_SET=name,name narrows it. The report: .faults/all/report.md and report.json, logs beside them.
@@ -47,7 +54,7 @@ check: lint type test
 
 # Every supported Python (3.10 to 3.13), plus lint and type; pyenv's versions are put on PATH for tox.
 tox: $(STAMP)
-	@$(WITH_CONSUL) if command -v pyenv >/dev/null; then \
+	@$(WITH_CONSUL) $(WITH_REDIS) if command -v pyenv >/dev/null; then \
 	  for v in $$(pyenv versions --bare); do PATH="$$(pyenv root)/versions/$$v/bin:$$PATH"; done; export PATH; fi; \
 	$(BIN)/tox $(TOX_ARGS)
 

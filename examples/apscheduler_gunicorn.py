@@ -26,7 +26,18 @@ from typing import Any
 
 from apscheduler.jobstores.memory import MemoryJobStore  # type: ignore[import-untyped, unused-ignore]
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped, unused-ignore]
-from flask import Flask, jsonify  # type: ignore[import-not-found, unused-ignore]
+
+try:
+    from flask import Flask, jsonify  # type: ignore[import-not-found, unused-ignore]
+except ImportError:
+    if __name__ != "__main__":
+        raise
+    print(
+        "apscheduler_gunicorn.py: needs Flask and gunicorn: pip install 'consul-singleton[examples]' "
+        "(from a checkout: pip install '.[examples]')",
+        file=sys.stderr,
+    )
+    sys.exit(1)
 
 import singleton
 from singleton.contrib.apscheduler import LeaderOnlyJobStore
@@ -90,6 +101,10 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def main() -> int:
+    from apscheduler_demo import EXIT_NO_AGENT, require_agent  # the launcher next to this file
+
+    if not require_agent(__file__):
+        return EXIT_NO_AGENT
     from gunicorn.app.base import BaseApplication  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,9 +10,9 @@
 
 from singleton._runtime import configure, get_elector, get_settings, shutdown
 from singleton._version import __version__
-from singleton.config import ConsulSettings, LeaseSpec, Settings
-from singleton.decorators import LeaderOnlyFunction, LeaderOnlyHandle, leader_only
-from singleton.election import Election, ElectionStatus, Elector, Role
+from singleton.config import ConsulSettings, LeaseOverrides, LeaseSpec, Settings
+from singleton.decorators import LeaderOnlyBound, LeaderOnlyFunction, LeaderOnlyHandle, leader_only
+from singleton.election import AcquireOutcome, AcquireResult, Election, ElectionStatus, Elector, Phase, Role
 from singleton.errors import (
     AccessDenied,
     BackendError,
@@ -28,6 +28,8 @@ from singleton.token import StopCause, StopToken, current_token
 
 __all__ = [
     "AccessDenied",
+    "AcquireOutcome",
+    "AcquireResult",
     "BackendError",
     "BackendUnavailable",
     "ConfigurationError",
@@ -35,12 +37,15 @@ __all__ = [
     "Election",
     "ElectionStatus",
     "Elector",
+    "LeaderOnlyBound",
     "LeaderOnlyFunction",
     "LeaderOnlyHandle",
     "LeadershipLost",
     "LeadershipOutcome",
+    "LeaseOverrides",
     "LeaseSpec",
     "NotLeader",
+    "Phase",
     "Role",
     "SessionInvalidated",
     "Settings",

@@ -63,6 +63,11 @@ class Attachment:
     def __repr__(self) -> str:
         return f"<Attachment {self.owner} key={self.key!r}>"
 
+    @property
+    def elector(self) -> Elector | None:
+        """The elector given at construction (None: the process-wide one)."""
+        return self._elector
+
     def _forget(self) -> None:
         self._lock = threading.Lock()
         self.election = None

@@ -7,6 +7,8 @@
   does), so jobs running in pool threads see their stop token fire instead of blocking the exit.
 * After :func:`shutdown`, leader-only calls do not run their body (they return their default) until
   :func:`configure` is called again: a process on its way out never starts campaigning anew.
+* SIGTERM: when it still has Python's default action, configure() (and any elector started in the
+  main thread) installs a handler that releases the keys first (``singleton._signals``).
 * Fork: the child forgets the parent's elector (``singleton.election`` disowns every elector of the
   parent: inherited tokens fire, nothing is released, the parent still holds the session) and starts
   its own on first use.
@@ -23,16 +25,19 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from singleton.config import Settings
+from singleton import _signals
+from singleton.config import Settings, require_settings
 from singleton.election import Elector
 from singleton.errors import ConfigurationError, SingletonError
 
-__all__ = ["configure", "get_elector", "get_settings", "on_fork", "shutdown"]
+__all__ = ["configure", "get_elector", "get_settings", "on_fork", "refuse", "shutdown"]
 
 _log = logging.getLogger("singleton")
 
 _lock = threading.RLock()
 _settings: Settings | None = None
+#: Set by refuse(): why this process must not campaign with the settings it could otherwise read.
+_refusal: ConfigurationError | None = None
 _elector: Elector | None = None
 _shut_down = False
 _exit_hook_registered = False
@@ -48,18 +53,34 @@ def configure(settings: Settings | None = None, **overrides: Any) -> Settings:
     :raises ConfigurationError: on a bad setting, or when the engine is already running (call
         :func:`shutdown` first).
     """
-    global _settings, _shut_down
+    global _settings, _shut_down, _refusal
     with _lock:
         if _elector is not None and not _elector.closed:
             raise ConfigurationError(
                 "configure() must come before the first leader-only call; the election engine is already "
                 "running (call singleton.shutdown() first to reconfigure)"
             )
+        if settings is not None:
+            settings = require_settings(settings)
         if settings is not None and overrides:
             settings = Settings.from_env(**{**_as_overrides(settings), **overrides})
         _settings = settings if settings is not None else Settings.from_env(**overrides)
         _shut_down = False
-        return _settings
+        _refusal = None
+        configured = _settings
+    _signals.install(configured.handle_sigterm)  # SIGTERM hands the keys over (in the main thread only)
+    return configured
+
+
+def refuse(error: ConfigurationError) -> None:
+    """Make :func:`get_settings` (and so every leader-only call) raise ``error`` until :func:`configure`.
+
+    For settings that were given but are bad (Django's ``settings.SINGLETON``): the process must not
+    fall back on the environment and campaign with settings nobody wrote.
+    """
+    global _refusal
+    with _lock:
+        _refusal = error
 
 
 def _as_overrides(settings: Settings) -> dict[str, Any]:
@@ -70,6 +91,8 @@ def get_settings() -> Settings:
     """The process-wide settings (read from the environment on first use when never configured)."""
     global _settings
     with _lock:
+        if _refusal is not None:
+            raise ConfigurationError(str(_refusal))  # a new one each time: tracebacks do not pile up
         if _settings is None:
             _settings = Settings.from_env()
         return _settings

@@ -3,7 +3,8 @@
 Consul is reached with the Consul CLI's own environment variables, so a shell where ``consul kv get``
 works needs nothing more:
 
-``CONSUL_HTTP_ADDR``        ``host:port``, ``http://host:port`` or ``https://host:port``
+``CONSUL_HTTP_ADDR``        ``host:port``, ``[ipv6]:port``, ``http://host:port`` or ``https://host:port``
+                            (without a port: 80 for http, 443 for https, as for the consul CLI)
 ``CONSUL_HTTP_SSL``         ``true`` selects https when the address has no scheme
 ``CONSUL_HTTP_TOKEN``       ACL token (never logged, never shown in a repr)
 ``CONSUL_HTTP_TOKEN_FILE``  file holding the ACL token, used when ``CONSUL_HTTP_TOKEN`` is unset
@@ -14,15 +15,18 @@ works needs nothing more:
 
 Our own settings use ``SINGLETON_*``: ``SINGLETON_BACKEND`` (``consul``, ``memory://`` or
 ``file:///dir``), ``SINGLETON_KEY_PREFIX``, ``SINGLETON_TTL``, ``SINGLETON_LOCK_DELAY``,
-``SINGLETON_MARGIN``.
+``SINGLETON_MARGIN``, ``SINGLETON_HANDLE_SIGTERM`` (``false`` leaves SIGTERM alone).
 
-Every bad value raises :class:`~singleton.errors.ConfigurationError` naming the parameter, the allowed
-range and the value given.
+Every field is checked where the settings are built, and every bad value raises
+:class:`~singleton.errors.ConfigurationError` naming the parameter, what it may be and the value given
+(a secret, such as the token, is never quoted). Keys and the key prefix are checked by
+:func:`validate_key`: only names Consul stores, lists and watches as they are written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -40,6 +44,7 @@ __all__ = [
     "LeaseSpec",
     "Settings",
     "holder_identity",
+    "require_settings",
     "validate_key",
 ]
 
@@ -95,18 +100,77 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {value!r}")
 
 
+#: The longest key accepted, prefix included, in bytes of UTF-8. Consul 1.8 sets no limit of its own:
+#: its HTTP server refuses a request line over about 1 MB, and a key travels percent-encoded (up to
+#: three bytes per byte) in the URL of every call, in ACL rules and in log lines. 512 bytes keeps all
+#: of them small.
+KEY_MAX_BYTES = 512
+#: The file backend names two files after each key (``<percent-encoded key>.lock``, ``.json``); a
+#: file name has at most 255 bytes on Linux and macOS.
+FILE_KEY_MAX_ENCODED = 250
+#: Characters that URLs give a meaning to: a client or proxy that does not escape them asks for another key.
+_URL_RESERVED = "?#%\\"
+
+
+def _shown(value: str) -> str:
+    """``repr`` of a key for an error message, shortened when long (a key may be up to 1 MB of junk)."""
+    if len(value) <= 80:
+        return repr(value)
+    return f"{value[:60]!r}... ({len(value.encode('utf-8', 'replace'))} bytes)"
+
+
+def _key_problem(key: str) -> str | None:
+    """What is wrong with ``key`` as a Consul key that this library can use, or None.
+
+    The rules keep a key the same on every path it takes: Consul's HTTP server cleans the URL path
+    (``a/./b`` and ``a//b`` become ``a/b``, ``a/../b`` becomes ``b``, ``..`` leaves nothing), so such
+    keys would be stored under another name, and under a key prefix they would escape it.
+    """
+    if not key:
+        return "must be a non-empty Consul key such as 'reports/nightly'"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (Consul stores keys as UTF-8; this one has a lone surrogate)"
+    if re.search(r"\s", key) or not key.isprintable():
+        return "must not contain whitespace or unprintable (control, formatting) characters"
+    if key.startswith("/"):
+        return f"must not start with '/': Consul keys are relative (use {key.lstrip('/')!r})"
+    if key.endswith("/"):
+        return "must not end with '/': that names a folder of keys, not a key"
+    segments = key.split("/")
+    if "" in segments:
+        return "must not contain an empty segment ('//'): Consul's HTTP server would store one '/' instead"
+    if "." in segments or ".." in segments:
+        return (
+            "must not contain a '.' or '..' segment: Consul's HTTP server would resolve it and store the "
+            "key under another name (a/../b is b)"
+        )
+    reserved = sorted({c for c in key if c in _URL_RESERVED})
+    if reserved:
+        listed = " ".join(repr(c) for c in reserved)
+        return (
+            f"must not contain {listed}: URLs give these characters a meaning, and a client or proxy that "
+            "does not escape them asks for another key"
+        )
+    if size > KEY_MAX_BYTES:
+        return f"must be at most {KEY_MAX_BYTES} bytes of UTF-8 (this one has {size})"
+    return None
+
+
 def validate_key(key: object, name: str = "key") -> str:
-    """A Consul KV key as given by a user: non-empty, no leading ``/``, no whitespace or control characters."""
+    """A Consul KV key as given by a user: one that Consul stores, lists and watches under this very name.
+
+    Segments separated by ``/``, none of them empty, ``.`` or ``..``; no leading or trailing ``/``;
+    printable text without whitespace; none of ``? # % \\``; at most :data:`KEY_MAX_BYTES` bytes.
+
+    :raises ConfigurationError: naming ``name`` and the rule broken.
+    """
     if not isinstance(key, str):
         raise ConfigurationError(f"{name} must be a string, got {key!r}")
-    if not key or not key.strip("/"):
-        raise ConfigurationError(f"{name} must be a non-empty Consul key such as 'reports/nightly', got {key!r}")
-    if key.startswith("/"):
-        raise ConfigurationError(
-            f"{name} must not start with '/': Consul keys are relative (use {key.lstrip('/')!r}), got {key!r}"
-        )
-    if re.search(r"[\s\x00-\x1f\x7f]", key):
-        raise ConfigurationError(f"{name} must not contain whitespace or control characters, got {key!r}")
+    problem = _key_problem(key)
+    if problem is not None:
+        raise ConfigurationError(f"{name} {problem}, got {_shown(key)}")
     return key
 
 
@@ -123,17 +187,68 @@ def _token_problem(token: object) -> str | None:
 
 
 def _prefix(value: object) -> str:
-    if value in (None, ""):
+    """The key prefix with its one trailing ``/`` (a prefix watch matches keys by string prefix)."""
+    if value is None or value == "":
         return ""
-    prefix = validate_key(value, "key_prefix")
-    return prefix if prefix.endswith("/") else prefix + "/"
+    if not isinstance(value, str):
+        raise ConfigurationError(f"key_prefix must be a string such as 'myapp/', got {value!r}")
+    body = value[:-1] if value.endswith("/") else value
+    problem = _key_problem(body)
+    if problem is not None:
+        problem = problem.replace(
+            "must not end with '/': that names a folder of keys, not a key", "must end in one '/'"
+        )
+        raise ConfigurationError(f"key_prefix {problem}, got {_shown(value)}")
+    return body + "/"
+
+
+_LABEL = re.compile(r"(?!-)[\w-]{1,63}(?<!-)")
+_DATACENTER = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _host_problem(host: str) -> str | None:
+    """What is wrong with ``host`` (a name, an IPv4 or an IPv6 address without brackets), or None."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "is not an IPv6 address"
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        return "must be a host name (letters, digits, '-', '_' between dots), an IPv4 address or an IPv6 address"
+    return None
+
+
+def check_host(host: object, name: str = "host") -> str:
+    """``host`` as it is stored: a name or an IP address, an IPv6 address without its brackets."""
+    if not isinstance(host, str):
+        raise ConfigurationError(f"{name} must be a host name or an IP address, got {host!r}")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    problem = _host_problem(bare)
+    if problem is not None:
+        raise ConfigurationError(f"{name} {problem}, got {host!r}")
+    return bare
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address in brackets (its zone, if any, as ``%25``)."""
+    return f"[{host.replace('%', '%25')}]" if ":" in host else host
 
 
 def parse_address(address: str, name: str = "CONSUL_HTTP_ADDR") -> tuple[str, str, int]:
-    """``(scheme, host, port)`` from ``host:port``, ``http://host:port`` or ``https://host:port``."""
+    """``(scheme, host, port)`` from what the consul CLI takes in ``CONSUL_HTTP_ADDR``.
+
+    ``host``, ``host:port``, ``[ipv6]``, ``[ipv6]:port``, each optionally after ``http://`` or
+    ``https://``; the scheme is ``""`` when not given. Without a port the scheme's own applies, as for
+    the consul CLI: 80 for http, 443 for https. The host comes back without brackets.
+    """
+    usage = "host:port, [IPv6]:port or http(s)://host:port"
+    if not isinstance(address, str):
+        raise ConfigurationError(f"{name} must be {usage}, got {address!r}")
     text = address.strip()
     if not text:
-        raise ConfigurationError(f"{name} must be host:port or http(s)://host:port, got {address!r}")
+        raise ConfigurationError(f"{name} must be {usage}, got {address!r}")
     scheme = ""
     if "://" in text:
         scheme, _, text = text.partition("://")
@@ -142,16 +257,40 @@ def parse_address(address: str, name: str = "CONSUL_HTTP_ADDR") -> tuple[str, st
             raise ConfigurationError(
                 f"{name} must use http:// or https:// (unix sockets are not supported), got {address!r}"
             )
-    parsed = urllib.parse.urlsplit("//" + text)
+    if text.count(":") > 1 and not text.startswith("[") and "@" not in text:
+        raise ConfigurationError(f"{name}: put an IPv6 address in brackets, as in [::1]:8500, got {address!r}")
     try:
-        host, port = parsed.hostname, parsed.port
+        parsed = urllib.parse.urlsplit("//" + text)
+        host = parsed.hostname
     except ValueError:
-        host, port = None, None
-    if not host or parsed.path not in ("", "/") or parsed.query or parsed.username:
-        raise ConfigurationError(f"{name} must be host:port or http(s)://host:port, got {address!r}")
+        host = None
+    if not host or parsed.path not in ("", "/") or parsed.query or parsed.fragment or "@" in parsed.netloc:
+        raise ConfigurationError(f"{name} must be {usage}, got {address!r}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = 0
+    if port is not None and not 0 < port < 65536:
+        raise ConfigurationError(f"{name}: the port must be a number from 1 to 65535, got {address!r}")
+    if text.startswith("["):
+        host = urllib.parse.unquote(host)  # an IPv6 zone is written %25 in a URL
+    problem = _host_problem(host)
+    if problem is not None:
+        raise ConfigurationError(f"{name}: the host {problem}, got {address!r}")
     if port is None:
-        port = 443 if scheme == "https" else 8500
+        port = 443 if scheme == "https" else 80
     return scheme, host, port
+
+
+def _path(name: str, value: object) -> str | None:
+    """A file path setting: None, or a non-empty path without control characters (a str or PathLike)."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value or re.search(r"[\x00-\x1f\x7f]", value):
+        raise ConfigurationError(f"{name} must be the path of a file, or None, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -175,13 +314,27 @@ class ConsulSettings:
     timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "host", check_host(self.host))
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise ConfigurationError(f"port must be a whole number from 1 to 65535, got {self.port!r}")
         if self.scheme not in ("http", "https"):
             raise ConfigurationError(f"scheme must be 'http' or 'https', got {self.scheme!r}")
-        if not isinstance(self.port, int) or not 0 < self.port < 65536:
-            raise ConfigurationError(f"port must be between 1 and 65535, got {self.port!r}")
+        for name in ("ca_cert", "client_cert", "client_key"):
+            object.__setattr__(self, name, _path(name, getattr(self, name)))
+        if not isinstance(self.verify, bool):
+            raise ConfigurationError(
+                f"verify must be True or False (a CA bundle to verify with goes in ca_cert), got {self.verify!r}"
+            )
         if bool(self.client_cert) != bool(self.client_key):
             raise ConfigurationError(
                 "client_cert and client_key (CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY) must be given together"
+            )
+        if self.datacenter is not None and (
+            not isinstance(self.datacenter, str) or not _DATACENTER.fullmatch(self.datacenter)
+        ):
+            raise ConfigurationError(
+                "datacenter must be a Consul datacenter name (letters, digits, '-' and '_') or None, "
+                f"got {self.datacenter!r}"
             )
         object.__setattr__(self, "timeout", check_range("timeout", self.timeout, 0.1, 300.0))
         if self.token is not None:
@@ -191,8 +344,8 @@ class ConsulSettings:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address, as in a URL
-        return f"{self.scheme}://{host}:{self.port}"
+        """``scheme://host:port``, an IPv6 host in brackets: what a URL to the agent starts with."""
+        return f"{self.scheme}://{url_host(self.host)}:{self.port}"
 
     def __repr__(self) -> str:
         token = "'<hidden>'" if self.token else "None"
@@ -212,7 +365,7 @@ class ConsulSettings:
         values: dict[str, Any] = {}
         address = overrides.pop("address", None)
         if address is not None:
-            scheme, values["host"], values["port"] = parse_address(str(address), "address")
+            scheme, values["host"], values["port"] = parse_address(address, "address")
         elif env.get("CONSUL_HTTP_ADDR"):
             scheme, values["host"], values["port"] = parse_address(env["CONSUL_HTTP_ADDR"])
         else:
@@ -431,6 +584,46 @@ class LeaseOverrides:
         return overrides
 
 
+#: The longest identity or session name, in characters.
+NAME_MAX = 512
+
+
+def _check_name(name: str, value: object) -> None:
+    """The identity (a key's value, the session's name) or the session name: None or one line of text.
+
+    Operators read both in ``consul kv get``, ``singleton status`` and logs: a newline or an escape
+    sequence there would let a process pass for another one, or write to the operator's terminal.
+    """
+    if value is None:
+        return
+    if not isinstance(value, str) or not 0 < len(value) <= NAME_MAX:
+        raise ConfigurationError(
+            f"{name} must be text of 1 to {NAME_MAX} characters, such as 'web-1:4242', got {value!r}"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"{name} must be valid Unicode text (it is sent as UTF-8), got {value!r}") from None
+    if not value.isprintable():
+        raise ConfigurationError(
+            f"{name} must be printable text on one line (no newline, control or formatting characters), got {value!r}"
+        )
+
+
+def require_settings(value: object, where: str = "configure()") -> Settings:
+    """``value`` if it is a :class:`Settings`; otherwise a ConfigurationError that says what to pass."""
+    if isinstance(value, Settings):
+        return value
+    if isinstance(value, ConsulSettings):
+        raise ConfigurationError(
+            f"{where} takes a Settings, got a ConsulSettings: pass {where[:-1]}consul=...) "
+            "or Settings(consul=...) to use it"
+        )
+    if isinstance(value, LeaseSpec):
+        raise ConfigurationError(f"{where} takes a Settings, got a LeaseSpec: pass {where[:-1]}lease=...)")
+    raise ConfigurationError(f"{where} takes a Settings or keyword settings (address=..., ttl=..., ...), got {value!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings of the election engine; per-key values can be overridden by ``@leader_only``."""
@@ -451,8 +644,22 @@ class Settings:
     identity: str | None = None
     #: The Consul session's name; None means the identity.
     session_name: str | None = None
+    #: Hand the keys over on SIGTERM when its action is still Python's default (see ``singleton._signals``).
+    handle_sigterm: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.consul, ConsulSettings):
+            raise ConfigurationError(
+                f"consul must be a ConsulSettings (or give address=, token=, ... instead), got {self.consul!r}"
+            )
+        if not isinstance(self.lease, LeaseSpec):
+            raise ConfigurationError(
+                f"lease must be a LeaseSpec (or give ttl=, lock_delay=, margin=), got {self.lease!r}"
+            )
+        if not isinstance(self.backend, str):
+            raise ConfigurationError(
+                f"backend must be 'consul', 'memory://' or 'file:///directory', got {self.backend!r}"
+            )
         scheme = self.backend.split("://", 1)[0] if "://" in self.backend else self.backend
         if scheme not in ("consul", "memory", "file"):
             raise ConfigurationError(
@@ -468,11 +675,31 @@ class Settings:
         )
         object.__setattr__(self, "startup_timeout", check_range("startup_timeout", self.startup_timeout, 0.0, 600.0))
         object.__setattr__(self, "shutdown_grace", check_range("shutdown_grace", self.shutdown_grace, 0.0, 3600.0))
-        if self.identity is not None and not 0 < len(self.identity) <= 512:
-            raise ConfigurationError(f"identity must be 1 to 512 characters, got {self.identity!r}")
+        for name in ("identity", "session_name"):
+            _check_name(name, getattr(self, name))
+        if not isinstance(self.handle_sigterm, bool):
+            raise ConfigurationError(f"handle_sigterm must be True or False, got {self.handle_sigterm!r}")
 
     def full_key(self, key: str) -> str:
-        return self.key_prefix + validate_key(key)
+        """``key_prefix + key``, both checked, and short enough for Consul (and for file names).
+
+        :raises ConfigurationError: naming the rule broken (see :func:`validate_key`).
+        """
+        full = self.key_prefix + validate_key(key)
+        size = len(full.encode("utf-8"))
+        if size > KEY_MAX_BYTES:
+            raise ConfigurationError(
+                f"key_prefix + key must be at most {KEY_MAX_BYTES} bytes of UTF-8 (this one has {size}), "
+                f"got {_shown(full)}"
+            )
+        if self.backend.startswith("file:"):
+            encoded = len(urllib.parse.quote(full, safe=""))
+            if encoded > FILE_KEY_MAX_ENCODED:
+                raise ConfigurationError(
+                    f"key_prefix + key must be at most {FILE_KEY_MAX_ENCODED} characters once percent-encoded "
+                    f"with the file backend, which names a file after it (this one has {encoded}), got {_shown(full)}"
+                )
+        return full
 
     def lease_for(
         self, ttl: float | None = None, lock_delay: float | None = None, margin: float | None = None
@@ -510,6 +737,8 @@ class Settings:
             values["backend"] = env["SINGLETON_BACKEND"]
         if env.get("SINGLETON_KEY_PREFIX"):
             values["key_prefix"] = env["SINGLETON_KEY_PREFIX"]
+        if env.get("SINGLETON_HANDLE_SIGTERM"):
+            values["handle_sigterm"] = _flag("SINGLETON_HANDLE_SIGTERM", env["SINGLETON_HANDLE_SIGTERM"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "consul" not in values:
             values["consul"] = ConsulSettings.from_env(env, **consul_overrides)

@@ -35,8 +35,11 @@ import asyncio
 import functools
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, NoReturn, ParamSpec, Protocol, TypeVar, overload
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; the type checker always has typing_extensions
+    from typing_extensions import Self
 
 from singleton._attach import Attachment
 from singleton.config import LeaseOverrides, check_range, validate_key
@@ -44,12 +47,16 @@ from singleton.election import Election, ElectionStatus, Elector, Role
 from singleton.errors import ConfigurationError, NotLeader, SingletonError
 from singleton.token import _CURRENT, StopToken
 
-__all__ = ["LeaderOnlyFunction", "LeaderOnlyHandle", "leader_only"]
+__all__ = ["LeaderOnlyBound", "LeaderOnlyFunction", "LeaderOnlyHandle", "leader_only"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 T = TypeVar("T")
+D = TypeVar("D")
+D_co = TypeVar("D_co", covariant=True)
+P2 = ParamSpec("P2")
+R2 = TypeVar("R2")
 
 _STOP_TOKEN = "stop_token"
 
@@ -243,41 +250,58 @@ class LeaderOnlyHandle:
 
 
 class LeaderOnlyFunction(Protocol[P, R_co]):
-    """What ``@leader_only`` returns: the function, with ``.election`` (a :class:`LeaderOnlyHandle`)."""
+    """What ``@leader_only`` returns: the function's own signature, with ``.election``.
+
+    ``R_co`` is what a call returns: the body's result, or the ``default`` (None unless given) where
+    the body does not run; with ``on_follower="raise"``, the body's result only. Reached through a
+    class or an instance (a method, a classmethod, a staticmethod), it is a :class:`LeaderOnlyBound`.
+    """
+
+    election: LeaderOnlyHandle
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[..., Any]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    @overload
+    def __get__(
+        self: LeaderOnlyFunction[Concatenate[Any, P2], R2], instance: object, owner: type[Any] | None = None
+    ) -> LeaderOnlyBound[P2, R2]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Self: ...
+
+
+class LeaderOnlyBound(Protocol[P, R_co]):
+    """A leader-only method as reached through its class or an instance.
+
+    A type checker cannot tell a method from a classmethod or a staticmethod through a decorator, so
+    both readings are accepted: the parameters after the first (an instance's method, a classmethod),
+    or all of them with the first unchecked (a staticmethod, a method called on its class).
+    """
 
     election: LeaderOnlyHandle
     __name__: str
     __qualname__: str
 
-    @property
-    def __wrapped__(self) -> Callable[P, R_co]: ...
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co | None: ...
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Callable[..., R_co | None]: ...
-
-
-class AsyncLeaderOnlyFunction(Protocol[P, R_co]):
-    """``@leader_only`` on an ``async def``: still a coroutine function, with ``.election``."""
-
-    election: LeaderOnlyHandle
-    __name__: str
-    __qualname__: str
-
-    @property
-    def __wrapped__(self) -> Callable[P, Awaitable[R_co]]: ...
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co | None]: ...
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Callable[..., Awaitable[R_co | None]]: ...
-
-
-class _Decorator(Protocol):
     @overload
-    def __call__(self, func: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncLeaderOnlyFunction[P, T]: ...
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
     @overload
-    def __call__(self, func: Callable[P, T], /) -> LeaderOnlyFunction[P, T]: ...
+    def __call__(self, first: Any, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+
+class _Decorator(Protocol[D_co]):
+    """``@leader_only(...)``: ``D_co`` is what a call returns where the body does not run."""
+
+    @overload
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, T]], /
+    ) -> LeaderOnlyFunction[P, Coroutine[Any, Any, T | D_co]]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, T], /) -> LeaderOnlyFunction[P, T | D_co]: ...
 
 
 class _Options(Generic[T]):
@@ -312,11 +336,13 @@ class _Options(Generic[T]):
 
 
 @overload
-def leader_only(func: Callable[P, Coroutine[Any, Any, T]], /) -> AsyncLeaderOnlyFunction[P, T]: ...
+def leader_only(
+    func: Callable[P, Coroutine[Any, Any, T]], /
+) -> LeaderOnlyFunction[P, Coroutine[Any, Any, T | None]]: ...
 
 
 @overload
-def leader_only(func: Callable[P, T], /) -> LeaderOnlyFunction[P, T]: ...
+def leader_only(func: Callable[P, T], /) -> LeaderOnlyFunction[P, T | None]: ...
 
 
 @overload
@@ -328,11 +354,43 @@ def leader_only(
     ttl: float | None = None,
     lock_delay: float | None = None,
     margin: float | None = None,
-    default: Any = None,
-    on_follower: Literal["skip", "raise"] = "skip",
+    default: None = None,
+    on_follower: Literal["skip"] = "skip",
     startup_timeout: float | None = None,
     elector: Elector | None = None,
-) -> _Decorator: ...
+) -> _Decorator[None]: ...
+
+
+@overload
+def leader_only(
+    func: None = None,
+    /,
+    *,
+    key: str | None = None,
+    ttl: float | None = None,
+    lock_delay: float | None = None,
+    margin: float | None = None,
+    default: D,
+    on_follower: Literal["skip"] = "skip",
+    startup_timeout: float | None = None,
+    elector: Elector | None = None,
+) -> _Decorator[D]: ...
+
+
+@overload
+def leader_only(
+    func: None = None,
+    /,
+    *,
+    key: str | None = None,
+    ttl: float | None = None,
+    lock_delay: float | None = None,
+    margin: float | None = None,
+    default: object = None,
+    on_follower: Literal["raise"],
+    startup_timeout: float | None = None,
+    elector: Elector | None = None,
+) -> _Decorator[NoReturn]: ...
 
 
 def leader_only(

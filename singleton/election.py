@@ -499,6 +499,7 @@ class Elector:
         self._warned_whole_store = False
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._close_done = threading.Event()
         self._rlog = RateLimitedLogger(_log, clock=clock)
         _live.add(self)
 
@@ -582,7 +583,10 @@ class Elector:
         return election
 
     def start(self) -> Elector:
-        """Start the election thread (and the watch threads) if not yet started. Idempotent."""
+        """Start the election thread (and the watch threads) if not yet started. Idempotent.
+
+        Started in the main thread, it also hands the keys over on SIGTERM (see ``singleton._signals``).
+        """
         if self._watch_mode == "inline":
             return self
         with self._lock:
@@ -592,6 +596,9 @@ class Elector:
                 raise SingletonError("an Elector cannot be used in a forked child; the child needs its own")
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
+        from singleton import _signals  # here: _signals reads this module's electors
+
+        _signals.install(self.settings.handle_sigterm)
         return self
 
     def status(self) -> list[ElectionStatus]:
@@ -600,16 +607,26 @@ class Elector:
     def close(self, grace: float | None = None) -> None:
         """Fire every token, give running bodies ``grace`` seconds, release the keys, destroy the sessions.
 
-        Never raises a backend error: Consul being down at exit is logged, not raised. Idempotent.
+        Never raises a backend error: Consul being down at exit is logged, not raised. Idempotent: a
+        second call waits for a close in progress in another thread (SIGTERM's) to end.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
         grace = self.settings.shutdown_grace if grace is None else grace
+        with self._lock:
+            closing = self._closed
+            self._closed = True
+        if closing:
+            if os.getpid() == self.pid:
+                self._close_done.wait(grace + self.settings.consul.timeout * 2 + 2.0)
+            return
         if os.getpid() != self.pid:  # an inherited copy in a forked child: the parent owns the session
             self._stop.set()
             return
+        try:
+            self._close(grace)
+        finally:
+            self._close_done.set()
+
+    def _close(self, grace: float) -> None:
         campaigns = [e._campaign for e in self.elections]
         for campaign in campaigns:
             token = campaign.token

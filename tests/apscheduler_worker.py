@@ -1,9 +1,10 @@
 """One of N copies of an application running a BackgroundScheduler whose job store is leader-only.
 
-Every copy adds the same jobs (interval jobs with a fixed ``start_date``, so all copies agree on the
-scheduled times) and appends one line per event to ``--log`` (O_APPEND writes of one short line are
+Every copy adds the same jobs (interval jobs with a fixed ``start_date``, or with ``--no-start-date``
+none, as APScheduler's docs add them) and appends one line per event to ``--log`` (O_APPEND writes of one short line are
 atomic, so the copies can share the file)::
 
+    <wall time> <pid> boot                         (with --stagger) before it waits its turn
     <wall time> <pid> ready
     <wall time> <pid> lead <fence>                 this process became the leader
     <wall time> <pid> follow                       it stopped being the leader
@@ -69,11 +70,23 @@ def main() -> int:
     parser.add_argument("--ttl", type=float, default=10)
     parser.add_argument("--lock-delay", type=float, default=None, help="default: the smallest safe one")
     parser.add_argument("--interval", type=float, default=1)
+    parser.add_argument(
+        "--no-start-date", action="store_true", help="add the jobs as APScheduler's docs do: no start_date"
+    )
+    parser.add_argument(
+        "--stagger", type=float, default=0.0, help="the Nth copy to boot waits N times this long before adding its jobs"
+    )
     args = parser.parse_args()
     if args.lock_delay is None:
         args.lock_delay = LeaseSpec(ttl=args.ttl).min_lock_delay
 
     _fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if args.stagger:
+        log("boot")
+        with open(args.log) as events:  # O_APPEND: the lines before our own are the copies that booted first
+            lines = events.read().splitlines()
+        booted = [line.split(" ")[1] for line in lines if line.split(" ")[2:3] == ["boot"]]
+        time.sleep(booted.index(str(os.getpid())) * args.stagger)
     singleton.configure(address=args.addr, ttl=args.ttl, lock_delay=args.lock_delay, timeout=2, watch_wait=5)
     if args.store == "memory":
         inner: Any = MemoryJobStore()
@@ -93,7 +106,7 @@ def main() -> int:
             f"{__name__}:body",
             "interval",
             seconds=args.interval,
-            start_date=EPOCH,
+            start_date=None if args.no_start_date else EPOCH,
             args=[job_id],
             id=job_id,
             replace_existing=True,

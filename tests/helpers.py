@@ -6,7 +6,10 @@ import json
 import os
 import random
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from singleton.backends.base import Acquisition, Backend, KeyInfo, SessionInfo
@@ -14,6 +17,7 @@ from singleton.backends.memory import MemoryBackend
 from singleton.config import LeaseSpec, Settings
 from singleton.election import Elector
 from singleton.errors import BackendUnavailable
+from singleton.testing import ConsulAgent
 
 
 class FakeClock:
@@ -128,3 +132,31 @@ def in_fork(report: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         result = json.loads(pipe.read() or "{}")
     os.waitpid(pid, 0)
     return pid, result
+
+
+#: The master token of the agents :func:`acl_agent` starts.
+ROOT_TOKEN = "root-token"
+
+
+def acl_agent(binary: str, workdir: Path) -> ConsulAgent:
+    """A dev agent with ACLs on and a default-deny policy; :data:`ROOT_TOKEN` may do anything."""
+    acl = f'acl {{ enabled = true, default_policy = "deny", tokens {{ master = "{ROOT_TOKEN}", agent = "{ROOT_TOKEN}" }} }}'
+    return ConsulAgent(binary, workdir=workdir, extra_args=["-hcl", acl], token=ROOT_TOKEN).start()
+
+
+def acl_token(agent: ConsulAgent, rules: str) -> str:
+    """A new token of ``agent`` allowed ``rules`` (HCL) and nothing more; returns its secret."""
+    name = f"policy-{uuid.uuid4().hex[:8]}"
+
+    def put(path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(
+            f"{agent.url}{path}",
+            data=json.dumps(body).encode(),
+            method="PUT",
+            headers={"X-Consul-Token": ROOT_TOKEN},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:  # loopback only
+            return json.loads(answer.read())
+
+    put("/v1/acl/policy", {"Name": name, "Rules": rules})
+    return str(put("/v1/acl/token", {"Policies": [{"Name": name}]})["SecretID"])

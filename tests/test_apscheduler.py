@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import math
 import pickle
 import signal
@@ -41,7 +42,7 @@ from apscheduler.triggers.date import DateTrigger  # type: ignore[import-untyped
 
 import singleton
 from singleton import ConfigurationError, Elector, LeadershipLost, LeaseSpec, Role, Settings
-from singleton.contrib.apscheduler import PLUGIN_NAME, LeaderOnlyJobStore, leader_only_scheduler
+from singleton.contrib.apscheduler import GRID_ORIGIN, PLUGIN_NAME, LeaderOnlyJobStore, leader_only_scheduler
 from singleton.testing import ConsulAgent, ConsulNotFound, find_consul
 
 from .apscheduler_fleet import SchedulerFleet, cpu_seconds
@@ -895,6 +896,97 @@ def test_three_processes_with_a_shared_sqlite_store_run_each_time_once_and_catch
     assert all(at < scenario.crash_lead for at in missing)
     late = [r for r in fleet.runs("every") if r.pid == scenario.third and r.scheduled < scenario.crash_lead]
     assert len(late) >= len(gap) - 1, report
+
+
+# -- interval jobs without a start_date (per-process stores) -------------------------------------------
+
+
+def _offset(when: datetime, seconds: float) -> float:
+    """Where ``when`` falls in its interval counted from the Unix epoch (0 on the common grid)."""
+    return round((when - GRID_ORIGIN).total_seconds() % seconds, 6) % seconds
+
+
+def test_interval_jobs_without_a_start_date_get_the_same_times_in_every_process() -> None:
+    """``add_job(f, "interval", seconds=7)``, as APScheduler's docs write it, in two processes 0.37 s apart."""
+    schedulers, stores = [], []
+    try:
+        for name in ("a", "b"):
+            store = LeaderOnlyJobStore(MemoryJobStore(), key="jobs", elector=memory_elector(f"{name}:1"))
+            scheduler = BackgroundScheduler(jobstores={"default": store}, timezone=timezone.utc)
+            scheduler.add_job(print, "interval", seconds=7, id="tick")
+            scheduler.add_job(print, "interval", seconds=0.3, id="fast")
+            scheduler.add_job(print, "interval", hours=1, start_date=EPOCH + timedelta(seconds=3), id="mine")
+            scheduler.start(paused=True)
+            schedulers.append(scheduler)
+            stores.append(store)
+            time.sleep(0.37)
+        for store in stores:
+            tick, fast, mine = (store.lookup_job(job_id) for job_id in ("tick", "fast", "mine"))
+            assert _offset(tick.next_run_time, 7) == 0, tick.next_run_time
+            assert tick.next_run_time > datetime.now(timezone.utc)
+            assert _offset(fast.next_run_time, 0.3) == 0, fast.next_run_time
+            assert mine.trigger.start_date == EPOCH + timedelta(seconds=3), "a start in whole seconds is the user's"
+        assert stores[0].lookup_job("tick").next_run_time == stores[1].lookup_job("tick").next_run_time
+    finally:
+        for scheduler in schedulers:
+            scheduler.shutdown(wait=False)
+
+
+def test_a_run_at_an_explicit_time_returns_to_the_grid_and_shared_stores_are_left_alone() -> None:
+    store = LeaderOnlyJobStore(MemoryJobStore(), key="jobs", elector=memory_elector())
+    shared = LeaderOnlyJobStore(MemoryJobStore(), key="jobs", elector=memory_elector(), shared=True)
+    for each in (store, shared):
+        scheduler = BackgroundScheduler(jobstores={"default": each}, timezone=timezone.utc)
+        now = datetime.now(timezone.utc)
+        scheduler.add_job(print, "interval", seconds=5, next_run_time=now, id="soon")  # run at startup
+        scheduler.start(paused=True)
+        try:
+            job = each.lookup_job("soon")
+            assert job.next_run_time == now, "an explicit next_run_time is kept"
+            # What the scheduler stores after that run: the run time plus the interval, off the grid.
+            job.next_run_time = now + timedelta(seconds=5)
+            each.update_job(job)
+            stored = each.lookup_job("soon")
+            if each is store:
+                assert _offset(stored.next_run_time, 5) == 0, stored.next_run_time
+                assert now + timedelta(seconds=5) <= stored.next_run_time < now + timedelta(seconds=10)
+            else:
+                assert stored.next_run_time == now + timedelta(seconds=5)
+                assert stored.trigger.start_date.microsecond != 0 or _offset(stored.trigger.start_date, 5) != 0
+        finally:
+            scheduler.shutdown(wait=False)
+
+
+@pytest.mark.consul
+def test_interval_jobs_without_a_start_date_never_run_a_tick_twice_across_graceful_handoffs(
+    consul_agent: ConsulAgent, tmp_path: Path
+) -> None:
+    """Three processes booting 0.3 s apart, each adding ``add_job(f, "interval", seconds=1)``; two handoffs."""
+    fleet = SchedulerFleet(
+        tmp_path,
+        consul_agent.address,
+        f"test/apscheduler-grid-{time.time_ns()}/jobs",
+        ["--no-start-date", "--stagger", "0.3"],
+    )
+    try:
+        fleet.wait_for(lambda: len(fleet.events("ready")) == 3 and bool(fleet.leads()), 45, "three ready workers")
+        leaders = [fleet.leads()[0].pid]
+        for _ in range(2):
+            time.sleep(2.5)
+            stopped_at = fleet.signal(leaders[-1], signal.SIGTERM)
+            leaders.append(fleet.wait_for_lead(stopped_at, set(leaders), 10).pid)
+        time.sleep(2.5)
+    finally:
+        fleet.stop()
+    report = fleet.report()
+    runs = sorted(fleet.runs("tick"), key=lambda run: run.at)
+    assert {run.pid for run in runs} == set(leaders), report
+    assert all(abs(run.scheduled - round(run.scheduled)) < 0.002 for run in runs), f"one grid for all: {report}"
+    counts = Counter(run.scheduled for run in runs)
+    assert not {at for at, n in counts.items() if n > 1}, f"a tick ran twice\n{report}"
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(runs)]
+    assert min(gaps) > 0.5, f"two runs {min(gaps):.3f}s apart (the same tick, at two phases)\n{report}"
+    assert not fleet.events("error"), report
 
 
 def test_on_one_host_the_file_backend_runs_each_job_in_one_scheduler(tmp_path: Path) -> None:

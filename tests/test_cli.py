@@ -8,6 +8,7 @@ paused.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from singleton.testing import ConsulAgent, free_ports
 from singleton.token import StopCause
 
 from .fleet import Event, read_events
+from .helpers import acl_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("cli_child.py")
@@ -180,6 +183,9 @@ def test_help_texts_document_the_exit_codes() -> None:
         (["run", "--", "true"], ["--key", "required"]),
         (["run", "--key", "k"], ["no command"]),
         (["run", "--key", "/k", "--", "true"], ["must not start with '/'"]),
+        (["run", "--key", "jobs/../k", "--", "true"], ["key", "'.' or '..' segment"]),
+        (["status", "a//b"], ["empty segment"]),
+        (["status", "--key-prefix", "app/./", "k"], ["key_prefix", "'.' or '..' segment"]),
         (["run", "--address", "ftp://x", "--key", "k", "--", "true"], ["--address"]),
         (["status", "--timeout", "0", "k"], ["--timeout", "between 0.1 and 300"]),
         (["launch"], ["invalid choice"]),
@@ -252,24 +258,33 @@ def test_run_holds_the_key_while_the_command_runs_then_releases_it(
 
 
 @pytest.mark.consul
-def test_no_wait_and_wait_give_up_with_75_when_another_process_holds_the_key(
+def test_when_another_process_holds_the_key_cron_hosts_skip_quietly_unless_asked_to_fail(
     consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path
 ) -> None:
     key = key_prefix + "job"
     elector = holding_elector(consul_agent.settings(), key)
     marker = tmp_path / "ran"
     command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+
+    def run(*options: str) -> subprocess.CompletedProcess[str]:
+        return cli("run", "--key", key, *options, *command, address=consul_agent.address)
+
     try:
         began = time.monotonic()
-        result = cli("run", "--key", key, "--no-wait", *command, address=consul_agent.address)
-        assert result.returncode == EXIT_HELD_ELSEWHERE, result.stderr
-        assert "held by web-1:4242" in result.stderr
+        skipped = run("--no-wait")  # the cron line of the README, on a host that does not get the lock
+        assert (skipped.returncode, skipped.stdout, skipped.stderr) == (0, "", ""), "quiet success: no cron mail"
         assert time.monotonic() - began < 10
-        assert cli("run", "-q", "--key", key, "--no-wait", *command, address=consul_agent.address).stderr == ""
+        told = run("--no-wait", "-v")
+        assert told.returncode == 0, told.stderr
+        assert "is held by web-1:4242; not running the command here (--no-wait)" in told.stderr
+        failed = run("--no-wait", "--fail-if-held")
+        assert_one_line_error(failed, EXIT_HELD_ELSEWHERE, "is held by web-1:4242")
+        assert run("--no-wait", "--fail-if-held", "-q").stderr == ""
         began = time.monotonic()
-        result = cli("run", "--key", key, "--wait", "1", *command, address=consul_agent.address)
-        assert result.returncode == EXIT_HELD_ELSEWHERE, result.stderr
+        waited = run("--wait", "1")
+        assert (waited.returncode, waited.stderr) == (0, "")
         assert time.monotonic() - began >= 1
+        assert run("--wait", "1", "--fail-if-held").returncode == EXIT_HELD_ELSEWHERE
         assert not marker.exists()
     finally:
         elector.close(grace=0)
@@ -457,7 +472,8 @@ def test_status_shows_the_holder_and_tells_held_from_free(consul_agent: ConsulAg
         assert held["held"] is True
         assert held["holder"] == "web-1:4242"
         assert held["session_name"] == "web-1:4242"
-        assert held["fence"] == fence
+        assert held["fence"] == held["modify_index"] == fence
+        assert held["lock_index"] >= 1
         assert abs(held["since_epoch"] - time.time()) < 60
         assert free == {**free, "held": False, "exists": False, "holder": None}
         # Relative to a key prefix, and without keys: every held key under it.
@@ -472,14 +488,90 @@ def test_status_shows_the_holder_and_tells_held_from_free(consul_agent: ConsulAg
     assert cli("status", "--key-prefix", key_prefix, address=consul_agent.address).returncode == 1
 
 
-def _acl_agent(binary: str, tmp_path: Path) -> ConsulAgent:
-    acl = 'acl { enabled = true, default_policy = "deny", tokens { master = "root-token", agent = "root-token" } }'
-    return ConsulAgent(binary, workdir=tmp_path / "acl", extra_args=["-hcl", acl], token="root-token").start()
+#: What whoever can write a key can put in it: retitle the terminal, clear it, hide what follows.
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x1b[31mweb-9:1\r\nfake line\u202e\x9b"
+
+
+def _kv_put(agent: ConsulAgent, key: str, value: bytes) -> None:
+    """``consul kv put KEY VALUE``: a plain write, no acquire, no flags."""
+    url = f"{agent.url}/v1/kv/{urllib.parse.quote(key)}"
+    urllib.request.urlopen(urllib.request.Request(url, data=value, method="PUT"), timeout=5).close()
+
+
+def _txn_lock(agent: ConsulAgent, key: str, session: str, value: bytes) -> None:
+    """Acquire ``key`` through /v1/txn: unlike /v1/kv/, it takes keys with control characters."""
+    body = json.dumps(
+        [{"KV": {"Verb": "lock", "Key": key, "Value": base64.b64encode(value).decode(), "Session": session}}]
+    )
+    request = urllib.request.Request(f"{agent.url}/v1/txn", data=body.encode(), method="PUT")
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def _no_control_characters(text: str) -> None:
+    assert not [c for c in text if not c.isprintable() and c != "\n"], repr(text)
+
+
+@pytest.mark.consul
+def test_status_shows_values_from_consul_escaped_and_json_exact(
+    consul_agent: ConsulAgent, key_prefix: str, consul_backend: ConsulBackend
+) -> None:
+    hostile_key = key_prefix + "\x1b[8mjob"
+    session = consul_backend.create_session(name=HOSTILE, ttl=10, lock_delay=0)
+    try:
+        _txn_lock(consul_agent, hostile_key, session, HOSTILE.encode())
+        assert consul_backend.acquire(key_prefix + "long", session, b"x" * 5000).acquired
+        result = cli("status", "--key-prefix", key_prefix, address=consul_agent.address)
+        assert result.returncode == 0, result.stderr
+        _no_control_characters(result.stdout)
+        lines = result.stdout.splitlines()
+        assert len(lines) == 2, result.stdout
+        assert lines[0].startswith("\\x1b[8mjob: held by \\x1b]0;owned\\x07\\x1b[2J"), lines[0]
+        assert "\\r\\nfake line\\u202e\\x9b" in lines[0]
+        assert "x" * 200 + "... (5000 characters) session " + session in lines[1], lines[1]
+        assert f"session {session} named \\x1b]0;owned" in lines[1], "a session name unlike the value is shown too"
+        result = cli("status", "--json", "--key-prefix", key_prefix, address=consul_agent.address)
+        assert result.returncode == 0, result.stderr
+        _no_control_characters(result.stdout)
+        assert result.stdout.isascii()
+        first, second = json.loads(result.stdout)
+        assert (first["key"], first["holder"], first["session_name"]) == ("\x1b[8mjob", HOSTILE, HOSTILE)
+        assert second["holder"] == "x" * 5000
+    finally:
+        consul_backend.destroy_session(session)
+
+
+@pytest.mark.consul
+def test_status_never_reports_the_modify_index_of_a_plain_kv_put_as_the_fence(
+    consul_agent: ConsulAgent, key_prefix: str, consul_backend: ConsulBackend
+) -> None:
+    key = key_prefix + "held"
+    elector = holding_elector(consul_agent.settings(), key)
+    try:
+        election = elector.election(key)
+        assert election is not None
+        token = election.token
+        assert token is not None
+        (item,) = json.loads(cli("status", "--json", key, address=consul_agent.address).stdout)
+        assert item["fence"] == token.fence, "nothing written since the acquisition: the holder's fence"
+        _kv_put(consul_agent, key, b"web-1:4242")  # the session still holds the key
+        result = cli("status", "--json", key, address=consul_agent.address)
+        assert result.returncode == 0, "still held"
+        (item,) = json.loads(result.stdout)
+        assert item["held"] is True
+        assert item["modify_index"] > token.fence, "the write moved the ModifyIndex"
+        assert item["lock_index"] == 0, "Consul resets the LockIndex on a plain write"
+        assert item["fence"] is None, "the holder's fence cannot be known from outside any more"
+        text = cli("status", key, address=consul_agent.address).stdout
+        assert "fence unknown: the key was written after its acquisition" in text
+        assert f"fence {item['modify_index']}" not in text
+        assert not token.stopped, "the holder still holds it, with its own fence"
+    finally:
+        elector.close(grace=0)
 
 
 @pytest.mark.consul
 def test_an_acl_denial_is_one_line_naming_the_rule_needed(consul_binary: str, tmp_path: Path) -> None:
-    agent = _acl_agent(consul_binary, tmp_path)
+    agent = acl_agent(consul_binary, tmp_path / "acl")
     try:
         result = cli("run", "--key", "reports/nightly", "--", "true", address=agent.address)
         assert_one_line_error(result, EXIT_UNAVAILABLE, "ACL", 'session_prefix "" { policy = "write" }')
@@ -487,5 +579,28 @@ def test_an_acl_denial_is_one_line_naming_the_rule_needed(consul_binary: str, tm
         assert_one_line_error(result, EXIT_UNAVAILABLE, 'key_prefix "reports/nightly" { policy = "read" }')
         env = clean_env(agent.address, CONSUL_HTTP_TOKEN="root-token")
         assert cli("run", "--key", "reports/nightly", "--", "true", env=env).returncode == 0
+    finally:
+        agent.stop()
+
+
+@pytest.mark.consul
+def test_an_ipv6_address_in_brackets_reaches_the_agent(consul_binary: str, tmp_path: Path) -> None:
+    """``[::1]:8500`` and ``http://[::1]:8500``, as the consul CLI takes them in CONSUL_HTTP_ADDR."""
+    agent = ConsulAgent(consul_binary, workdir=tmp_path / "v6", extra_args=["-client=127.0.0.1 ::1"]).start()
+    try:
+        bracketed, with_scheme = f"[::1]:{agent.http_port}", f"http://[::1]:{agent.http_port}"
+        marker = tmp_path / "ran"
+        command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+        result = cli("run", "--key", "v6/job", "--no-wait", *command, address=bracketed)
+        assert result.returncode == 0, result.stderr
+        assert marker.exists()
+        result = cli("status", "v6/job", address=with_scheme)
+        assert result.returncode == 1, result.stderr
+        assert "free (last held by" in result.stdout
+        settings = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": bracketed})
+        with ConsulBackend(settings) as backend:
+            _, entry = backend.read("v6/job")
+        assert entry is not None
+        assert backend.description == f"consul at http://[::1]:{agent.http_port}"
     finally:
         agent.stop()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import singleton
 from singleton.config import ConsulSettings, LeaseOverrides, LeaseSpec, Settings, parse_address, validate_key
 from singleton.errors import ConfigurationError
 
@@ -15,9 +18,14 @@ from singleton.errors import ConfigurationError
         ("consul.service:9500", ("", "consul.service", 9500)),
         ("http://10.0.0.5:8500", ("http", "10.0.0.5", 8500)),
         ("https://consul.example:8501", ("https", "consul.example", 8501)),
+        # Without a port, the scheme's own, as the consul CLI (Go's HTTP client) does.
         ("https://consul.example", ("https", "consul.example", 443)),
+        ("localhost", ("", "localhost", 80)),
         ("[::1]:8500", ("", "::1", 8500)),
-        ("localhost", ("", "localhost", 8500)),
+        ("http://[::1]:8500", ("http", "::1", 8500)),
+        ("https://[2001:db8::7]", ("https", "2001:db8::7", 443)),
+        ("[fe80::1%25eth0]:8500", ("", "fe80::1%eth0", 8500)),
+        ("HTTP://Consul_1.internal:8500/", ("http", "consul_1.internal", 8500)),
     ],
 )
 def test_parse_address_accepts_the_cli_forms(text: str, expected: tuple[str, str, int]) -> None:
@@ -25,11 +33,72 @@ def test_parse_address_accepts_the_cli_forms(text: str, expected: tuple[str, str
 
 
 @pytest.mark.parametrize(
-    "text", ["", "   ", "unix:///tmp/consul.sock", "host:notaport", "host:99999", "http://h:1/path"]
+    ("text", "words"),
+    [
+        ("", "must be host:port"),
+        ("   ", "must be host:port"),
+        ("unix:///tmp/consul.sock", "unix sockets are not supported"),
+        ("host:notaport", "port must be a number from 1 to 65535"),
+        ("host:99999", "port must be a number from 1 to 65535"),
+        ("host:0", "port must be a number from 1 to 65535"),
+        ("http://h:1/path", "must be host:port"),
+        ("user:pw@h:1", "must be host:port"),
+        ("::1", "put an IPv6 address in brackets, as in [::1]:8500"),
+        ("::::", "put an IPv6 address in brackets"),
+        ("[nope]:8500", "must be host:port"),
+        ("my host:8500", "must be a host name"),
+        ("-h-:8500", "must be a host name"),
+        ("a..b:8500", "must be a host name"),
+    ],
 )
-def test_unparseable_address_names_the_variable(text: str) -> None:
-    with pytest.raises(ConfigurationError, match="CONSUL_HTTP_ADDR"):
+def test_unparseable_address_names_the_variable(text: str, words: str) -> None:
+    with pytest.raises(ConfigurationError, match="CONSUL_HTTP_ADDR") as caught:
         parse_address(text)
+    assert words in str(caught.value)
+
+
+def test_an_ipv6_host_is_kept_bare_and_bracketed_in_the_address() -> None:
+    settings = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": "[::1]:8500"})
+    assert (settings.scheme, settings.host, settings.port) == ("http", "::1", 8500)
+    assert settings.address == "http://[::1]:8500"
+    assert ConsulSettings(host="[::1]").host == "::1", "brackets given with the host are dropped"
+    assert ConsulSettings(host="fe80::1%eth0", port=1).address == "http://[fe80::1%25eth0]:1"
+    assert ConsulSettings(host="consul.internal", port=1, scheme="https").address == "https://consul.internal:1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"host": "my host"}, "host must be a host name"),
+        ({"host": ""}, "host must be a host name"),
+        ({"host": "::zz"}, "host is not an IPv6 address"),
+        ({"host": 10}, "host must be a host name or an IP address"),
+        ({"port": True}, "port must be a whole number from 1 to 65535"),
+        ({"port": "8500"}, "port must be a whole number"),
+        ({"port": 0}, "port must be a whole number"),
+        ({"scheme": "ftp"}, "scheme must be 'http' or 'https'"),
+        ({"verify": "false"}, "verify must be True or False (a CA bundle to verify with goes in ca_cert)"),
+        ({"verify": 0}, "verify must be True or False"),
+        ({"ca_cert": ""}, "ca_cert must be the path of a file"),
+        ({"ca_cert": 5}, "ca_cert must be the path of a file"),
+        ({"client_cert": "/c.pem", "client_key": "/k\n.pem"}, "client_key must be the path of a file"),
+        ({"client_cert": "/c.pem"}, "client_cert and client_key"),
+        ({"datacenter": "dc 1"}, "datacenter must be a Consul datacenter name"),
+        ({"datacenter": ""}, "datacenter must be a Consul datacenter name"),
+        ({"timeout": 0}, "timeout must be between 0.1 and 300"),
+    ],
+)
+def test_every_consul_field_is_checked_where_it_is_built(fields: dict[str, object], words: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ConsulSettings(**fields)  # type: ignore[arg-type]
+    assert words in str(caught.value)
+    # The same through configure()'s path, where the names are the same.
+    with pytest.raises(ConfigurationError):
+        Settings.from_env({}, **fields)
+
+
+def test_paths_may_be_pathlike() -> None:
+    assert ConsulSettings(ca_cert=Path("/etc/ca.pem")).ca_cert == "/etc/ca.pem"  # type: ignore[arg-type]
 
 
 def test_from_env_reads_the_consul_cli_variables(tmp_path: object) -> None:
@@ -173,3 +242,47 @@ def test_lease_overrides_are_checked_where_they_are_made() -> None:
     alone = LeaseOverrides.checked(lock_delay=3)  # its fit with the process's ttl is checked at registration
     with pytest.raises(ConfigurationError, match=r"lock_delay must be between 12\.5 and 60"):
         Settings().lease.derive(alone)
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"identity": "web-1\nweb-2:1"}, "identity must be printable text on one line"),
+        ({"identity": "\x1b]0;owned\x07"}, "identity must be printable text on one line"),
+        ({"identity": "web\u202e1"}, "identity must be printable text on one line"),
+        ({"identity": ""}, "identity must be text of 1 to 512 characters"),
+        ({"identity": "x" * 513}, "identity must be text of 1 to 512 characters"),
+        ({"identity": 42}, "identity must be text of 1 to 512 characters"),
+        ({"identity": "web\udcff"}, "identity must be valid Unicode text"),
+        ({"session_name": "a\rb"}, "session_name must be printable text on one line"),
+        ({"consul": "127.0.0.1:8500"}, "consul must be a ConsulSettings (or give address=, token=, ... instead)"),
+        ({"lease": 15}, "lease must be a LeaseSpec"),
+        ({"backend": 5}, "backend must be 'consul', 'memory://' or 'file:///directory'"),
+        ({"watch_wait": "long"}, "watch_wait must be a number of seconds"),
+    ],
+)
+def test_every_settings_field_is_checked_where_it_is_built(fields: dict[str, object], words: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**fields)  # type: ignore[arg-type]
+    assert words in str(caught.value)
+
+
+def test_identity_may_be_any_one_line_text() -> None:
+    assert Settings(identity="web 1 (eu-west):4242").identity == "web 1 (eu-west):4242"
+    assert Settings(session_name="ünïcode").session_name == "ünïcode"
+
+
+def test_configure_refuses_consul_settings_at_once_and_says_what_to_pass() -> None:
+    consul = ConsulSettings(host="consul.internal", port=8500)
+    with pytest.raises(ConfigurationError, match=r"configure\(\) takes a Settings, got a ConsulSettings") as caught:
+        singleton.configure(consul)  # type: ignore[arg-type]
+    assert "configure(consul=...)" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="got a LeaseSpec"):
+        singleton.configure(LeaseSpec())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="takes a Settings or keyword settings"):
+        singleton.configure({"ttl": 20})  # type: ignore[arg-type]
+    try:
+        assert singleton.configure(consul=consul).consul is consul, "what the message says works"
+        assert singleton.get_settings().consul is consul
+    finally:
+        singleton.shutdown()

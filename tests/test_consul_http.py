@@ -30,6 +30,7 @@ from singleton.config import ConsulSettings
 from singleton.errors import AccessDenied, BackendError, BackendUnavailable, ConfigurationError
 from singleton.testing import ConsulAgent, free_ports
 from tests.fake_agent import CLOSE, RESET, FakeAgent, Reply, Request, answer, json_answer, trickle
+from tests.helpers import acl_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "app/k"
@@ -422,14 +423,9 @@ def test_an_acquire_is_one_round_trip_when_it_succeeds(consul_settings: ConsulSe
         backend.destroy_session(other)
 
 
-def _acl_agent(binary: str, workdir: Path) -> ConsulAgent:
-    acl = 'acl { enabled = true, default_policy = "deny", tokens { master = "root-token", agent = "root-token" } }'
-    return ConsulAgent(binary, workdir=workdir, extra_args=["-hcl", acl], token="root-token").start()
-
-
 @pytest.mark.consul
 def test_an_unknown_token_is_named_as_such_and_never_shown(consul_binary: str, tmp_path: Path) -> None:
-    agent = _acl_agent(consul_binary, tmp_path / "acl")
+    agent = acl_agent(consul_binary, tmp_path / "acl")
     try:
         with ConsulBackend(agent.settings(token=TOKEN)) as backend:
             for name, call in _calls(backend).items():

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import logging
+import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -308,3 +313,94 @@ def test_a_forked_child_never_leads_through_an_inherited_elector(leader: Elector
     assert result == {"call": "not here", "stopped": True, "cause": "forked", "closed": True}
     assert not token.stopped, "the parent keeps its term"
     assert job() == "ran"
+
+
+# -- what an operator sees ------------------------------------------------------------------------
+
+
+_LOUD = """
+import json, logging, singleton
+
+@singleton.leader_only(key="jobs/loud", startup_timeout=2)
+def job():
+    return "ran"
+
+outcomes = []
+for _ in range(2):
+    try:
+        outcomes.append(job())
+    except singleton.ConfigurationError as exc:
+        outcomes.append(f"raised: {exc}")
+status = job.election.status()
+print(json.dumps({"outcomes": outcomes, "reason": status.reason if status else None}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("SINGLETON_TTL", "abc", "ttl must be a number"),
+        ("SINGLETON_TTL", "5", "ttl must be between 10 and 86400"),
+        ("SINGLETON_MARGIN", "20", "margin must be"),
+        ("CONSUL_HTTP_ADDR", "::::", "CONSUL_HTTP_ADDR"),
+        ("CONSUL_HTTP_SSL_VERIFY", "maybe", "CONSUL_HTTP_SSL_VERIFY must be true or false"),
+        ("CONSUL_HTTP_TOKEN_FILE", "/nonexistent/token", "CONSUL_HTTP_TOKEN_FILE"),
+        ("SINGLETON_BACKEND", "redis://x", "backend must be"),
+    ],
+)
+def test_a_bad_environment_variable_is_loud_at_every_call(variable: str, value: str, words: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SINGLETON_", "CONSUL_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", _LOUD], env={**env, variable: value}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert all(outcome.startswith("raised: ") and words in outcome for outcome in report["outcomes"]), report
+    assert report["reason"] is not None
+    assert words in report["reason"], "status() says it too"
+    logged = [line for line in done.stderr.splitlines() if "cannot campaign for 'jobs/loud'" in line]
+    assert len(logged) == 1, f"logged once, at ERROR, with no configuration of logging at all: {done.stderr}"
+    assert "Traceback" not in done.stderr
+
+
+def test_default_logging_shows_gains_as_well_as_losses(
+    backend: MemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    elector = memory_elector(backend, identity="gainer:1", inline=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="singleton"):
+            election = elector.register("jobs/gain")
+            assert election.wait_for_leadership(5)
+            token = election.token
+            assert token is not None
+            backend.delete("jobs/gain")
+            assert token.wait(5)
+            assert election.wait_for_leadership(5)
+    finally:
+        elector.close(grace=0)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("gainer:1 is now the leader of 'jobs/gain'" in m for m in messages), messages
+    assert any("is no longer the leader of 'jobs/gain': the key was deleted" in m for m in messages), messages
+
+
+def test_the_last_skip_reason_never_names_this_process_as_the_holder(backend: MemoryBackend) -> None:
+    first = memory_elector(backend, identity="first:1", inline=False)
+    second = memory_elector(backend, identity="second:2", inline=False)
+    try:
+
+        @leader_only(key="jobs/skip-reason", elector=second)
+        def job() -> str:
+            return "ran"
+
+        first.register("jobs/skip-reason").wait_for_leadership(5)
+        assert job() is None
+        assert job.election.last_skip_reason == "held by first:1"
+        first.close(grace=0)
+        assert job.election.wait_for_leadership(5)
+        reason = job.election.last_skip_reason
+        assert reason is not None
+        assert "second:2" not in reason, reason
+        assert "not leading then" in reason
+    finally:
+        first.close(grace=0)
+        second.close(grace=0)

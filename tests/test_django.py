@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,13 +21,16 @@ from typing import Any
 
 import pytest
 
+from singleton import Elector, LeaseSpec, Settings
 from singleton.backends.consul import ConsulBackend
+from singleton.config import ConsulSettings
 from singleton.contrib.django.conf import allowed_keys, settings_from
 from singleton.errors import ConfigurationError
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.testing import ConsulAgent, free_ports
 
 from .fleet import read_events
+from .helpers import ROOT_TOKEN, acl_agent, acl_token
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = Path(__file__).resolve().with_name("django_project")
@@ -166,7 +170,7 @@ def test_settings_singleton_maps_onto_the_engine_settings_and_wins_over_the_envi
         ({"ADDRESS": "unix:///consul.sock"}, "settings.SINGLETON['ADDRESS']: address must use http:// or https://"),
         ({"KEY_PREFIX": "/abs"}, "settings.SINGLETON['KEY_PREFIX']: key_prefix must not start with '/'"),
         ({"VERIFY": "false"}, "settings.SINGLETON['VERIFY'] must be True or False"),
-        ({"TOKEN": 42}, "settings.SINGLETON['TOKEN'] must be a string"),
+        ({"TOKEN": 42}, "settings.SINGLETON['TOKEN'] must be a string, got a value of type int (not shown"),
         ({"TTL": 10, "MARGIN": 9}, "settings.SINGLETON: margin must be greater than 0 and less than 2/3 of ttl"),
         ({"CLIENT_CERT": "/etc/c.pem"}, "settings.SINGLETON: client_cert and client_key"),
         (["ADDRESS", "x"], "settings.SINGLETON must be a dict"),
@@ -176,6 +180,17 @@ def test_bad_settings_singleton_names_the_key_and_the_range(value: object, expec
     with pytest.raises(ConfigurationError) as caught:
         settings_from(value, {})
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"TOKEN": 31337424242}, {"TOKEN": b"s3cr3t-t0ken"}, {"TOKEN": ["s3cr3t-t0ken"]}, [("TOKEN", "s3cr3t-t0ken")]],
+)
+def test_a_token_of_the_wrong_type_is_never_quoted(value: object) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        settings_from(value, {})
+    assert "31337424242" not in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
 
 
 def test_the_wrapper_passes_everything_after_the_command_verbatim() -> None:
@@ -217,8 +232,11 @@ def test_two_concurrent_runs_one_executes_the_other_names_the_holder(
     assert loser.wait() == EXIT_OK, str(loser)
     wait_until(lambda: bool(read_events(log, "start")), 30, "the holder's start", winner)
     assert [e.pid for e in read_events(log, "start")] == [winner.pid]
-    assert f"is held by {HOST}:{winner.pid}" in loser.stderr, str(loser)
-    assert loser.stderr.count("\n") == 1, "one line"
+    assert (loser.stdout, loser.stderr) == ("", ""), "the holder runs it: quiet success, no cron mail"
+    told = runs(env, "hold", "--events", str(log), "-v", "2")
+    assert told.wait() == EXIT_OK, str(told)
+    assert f"is held by {HOST}:{winner.pid}" in told.stderr, str(told)
+    assert told.stderr.count("\n") == 1, "one line"
 
     # Settings honoured: the key is under KEY_PREFIX, its value is hostname:pid, the session has TTL and LOCK_DELAY.
     backend = consul_backend
@@ -470,11 +488,15 @@ def test_bad_options_and_settings_fail_before_anything_runs(
             "--leader-key must not start with '/'",
         ),
         (runs(env, "leader_only", "no_such_command"), EXIT_USAGE, "Unknown command: 'no_such_command'"),
-        (runs(project_env({**down_setting, "TTLL": 10}), "hold", "--events", str(log)), 1, "unknown key 'TTLL'"),
+        (
+            runs(project_env({**down_setting, "TTLL": 10}), "hold", "--events", str(log)),
+            EXIT_USAGE,
+            "CommandError: settings.SINGLETON has an unknown key 'TTLL'",
+        ),
         (
             runs(project_env({**down_setting, "TTL": 5}), "hold", "--events", str(log)),
-            1,
-            "settings.SINGLETON['TTL']: ttl must be between 10 and 86400",
+            EXIT_USAGE,
+            "CommandError: settings.SINGLETON['TTL']: ttl must be between 10 and 86400",
         ),
     ]
     without_app = project_env({**down_setting, "TTL": 5}, TEST_WITHOUT_SINGLETON_APP="1")
@@ -484,6 +506,7 @@ def test_bad_options_and_settings_fail_before_anything_runs(
     for run, code, message in cases:
         assert run.wait() == code, str(run)
         assert message in run.stderr, str(run)
+        assert "Traceback" not in run.stderr, str(run)
     assert read_events(log) == []
     helped = runs(env, "hold", "--events", str(log), "--help")
     assert helped.wait() == EXIT_OK
@@ -498,6 +521,62 @@ def test_bad_options_and_settings_fail_before_anything_runs(
         assert option in helped.stdout
 
 
+@pytest.mark.consul
+def test_a_bad_settings_singleton_is_a_check_warning_and_exit_64_and_breaks_nothing_else(
+    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runs: Callable[..., Run]
+) -> None:
+    log = tmp_path / "events.log"
+    # The environment names a working agent: a process that fell back on it would lead and run.
+    bad = project_env({"KEY_PREFIX": key_prefix, "TTL": 5}, CONSUL_HTTP_ADDR=consul_agent.address)
+    expected = "settings.SINGLETON['TTL']: ttl must be between 10 and 86400 seconds, got 5"
+    helped = runs(bad, "help")
+    checked = runs(bad, "check")
+    strict = runs(bad, "check", "--fail-level", "WARNING")
+    plain = runs(bad, "exit_with", "0", "--message", "fine")  # a command that takes no lock
+    leader = runs(bad, "hold", "--events", str(log))
+    wrapped = runs(bad, "leader_only", "exit_with", "0", "--events", str(log))
+    for run in (helped, checked, strict, plain, leader, wrapped):
+        run.wait()
+        assert "Traceback" not in run.stderr, str(run)
+    assert helped.proc.returncode == EXIT_OK, str(helped)
+    assert checked.proc.returncode == EXIT_OK, str(checked)
+    assert f"(singleton.W001) {expected}" in checked.stderr, str(checked)
+    assert strict.proc.returncode == 1, "--fail-level WARNING fails on it, as Django's checks do"
+    assert plain.proc.returncode == EXIT_OK, str(plain)
+    assert plain.stdout.strip() == "fine"
+    for run in (leader, wrapped):
+        assert run.proc.returncode == EXIT_USAGE, str(run)
+        assert run.stderr.startswith(f"CommandError: {expected}"), str(run)
+        assert run.stderr.count("\n") == 1, "one line"
+    assert read_events(log) == [], "nothing ran"
+    # A @leader_only function of the same process does not campaign with the environment's settings.
+    code = (
+        "import django, json; django.setup()\n"
+        "import singleton\n"
+        "@singleton.leader_only(key='fallback', default='skipped', startup_timeout=5)\n"
+        "def job(): return 'ran'\n"
+        "try:\n"
+        "    result = job()\n"
+        "    refused = None\n"
+        "except singleton.ConfigurationError as exc:  # loud: raised from the call, never a silent skip\n"
+        "    result, refused = 'refused', str(exc)\n"
+        "print(json.dumps([result, refused]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT,
+        env={**bad, "DJANGO_SETTINGS_MODULE": "testproject.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    result, refused = json.loads(done.stdout.splitlines()[-1])
+    assert result == "refused", "the body did not run, and the call said why"
+    assert refused is not None
+    assert refused.startswith(expected)
+
+
 def test_on_one_host_the_file_backend_gives_the_same_command_behaviour(
     tmp_path: Path, runs: Callable[..., Run]
 ) -> None:
@@ -509,9 +588,55 @@ def test_on_one_host_the_file_backend_gives_the_same_command_behaviour(
     wait_until(lambda: first.proc.poll() is not None or second.proc.poll() is not None, 30, "one run", first, second)
     loser, winner = (first, second) if first.proc.poll() is not None else (second, first)
     assert loser.wait() == EXIT_OK, str(loser)
-    assert f"is held by {HOST}:{winner.pid}" in loser.stderr, str(loser)
+    assert loser.stderr == "", str(loser)
     wait_until(lambda: bool(read_events(log, "start")), 30, "the holder's start", winner)
     release.touch()
     assert winner.wait() == EXIT_OK, str(winner)
     assert [e.pid for e in read_events(log, "start")] == [winner.pid]
     assert list(locks.glob("*.lock")), "the lock lives in the configured directory"
+
+
+@pytest.mark.consul
+def test_a_token_that_may_only_read_the_key_is_told_the_rule_every_time(
+    consul_binary: str, tmp_path: Path, runs: Callable[..., Run]
+) -> None:
+    agent = acl_agent(consul_binary, tmp_path / "acl")
+    try:
+        key = "acl-tests/job"
+        with ConsulBackend(agent.settings(token=ROOT_TOKEN)) as root:  # someone held it before
+            session = root.create_session(name="earlier:1", ttl=10, lock_delay=0)
+            assert root.acquire(key, session, b"earlier:1").acquired
+            root.release(key, session, b"earlier:1")
+            root.destroy_session(session)
+        readonly = acl_token(
+            agent, 'session_prefix "" { policy = "write" }\nkey_prefix "acl-tests/" { policy = "read" }'
+        )
+        setting = {"ADDRESS": agent.address, "TOKEN": readonly, "TTL": 10, "TIMEOUT": 2}
+        for _ in range(3):
+            run = runs(project_env(setting), "leader_only", "--key", key, "exit_with", "0")
+            assert run.wait() == EXIT_UNAVAILABLE, str(run)
+            assert f'key_prefix "{key}" {{ policy = "write" }}' in run.stderr, str(run)
+            assert "free (last held by" not in run.stderr, str(run)
+            assert readonly not in run.stderr + run.stdout
+    finally:
+        agent.stop()
+
+
+@pytest.mark.consul
+def test_sigterm_hands_a_leader_only_command_s_lock_over(
+    setting: dict[str, Any], tmp_path: Path, runs: Callable[..., Run], consul_settings: ConsulSettings, key_prefix: str
+) -> None:
+    log = tmp_path / "events.log"
+    holder = runs(project_env(setting), "hold", "--events", str(log), "--release", str(tmp_path / "never"))
+    wait_until(lambda: bool(read_events(log, "start")), 30, "the holder", holder)
+    follower = Elector(Settings(consul=consul_settings, key_prefix=key_prefix, lease=LeaseSpec(ttl=10, lock_delay=17)))
+    try:
+        waiting = follower.register("hold")
+        assert waiting.wait_settled(5)
+        assert not waiting.is_leader
+        holder.proc.send_signal(signal.SIGTERM)
+        assert waiting.wait_for_leadership(5), f"handed over at once, not after the TTL\n{holder}"
+        assert read_events(log, "end"), "handle() saw its token fire and ended"
+        assert holder.wait() == -signal.SIGTERM
+    finally:
+        follower.close(grace=0)

@@ -3,7 +3,7 @@
 ::
 
     singleton run --key reports/nightly -- ./nightly-report --full
-    singleton run --key reports/nightly --no-wait -- ./nightly-report   # exit 75 when held elsewhere
+    singleton run --key reports/nightly --no-wait -- ./nightly-report   # exit 0, silent, when held elsewhere
     singleton status reports/nightly                                    # exit 0 held, 1 free
     singleton status --json
 
@@ -22,7 +22,9 @@ Exit codes
 1      ``status``: a key named is free (without keys: none is held)
 64     bad arguments or settings (EX_USAGE)
 69     Consul unreachable, or an ACL denied a call (EX_UNAVAILABLE)
-75     ``run --no-wait`` / ``--wait S``: another process holds the key (EX_TEMPFAIL)
+0      ``run --no-wait`` / ``--wait S``: another process holds the key, so it runs the command there
+75     ``run --fail-if-held``: another process holds the key; ``--wait S``: not acquired in time
+       for another reason (EX_TEMPFAIL)
 76     ``run``: the lock was lost while the command ran; it was stopped
 126    ``run``: the command could not be executed (permission denied, not executable)
 127    ``run``: the command was not found
@@ -40,6 +42,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from singleton._text import one_line
 from singleton._version import __version__
 from singleton.cli._common import (
     ENVIRONMENT_HELP,
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         type=address_option,
         metavar="HOST:PORT",
-        help="the agent's HTTP API: host:port or http(s)://host:port (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500)",
+        help="the agent's HTTP API: host:port, [ipv6]:port or http(s)://host:port (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500)",
     )
     consul.add_argument(
         "--token", metavar="TOKEN", help="ACL token (default: CONSUL_HTTP_TOKEN; visible to `ps`: prefer --token-file)"
@@ -153,12 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait",
         type=seconds_option("--wait", 0, 366 * 86400),
         metavar="SECONDS",
-        help="give up with exit 75 when the lock is not acquired within SECONDS (default: wait for ever)",
+        help="give up when the lock is not acquired within SECONDS (default: wait for ever): exit 0 when "
+        "another process holds the key (75 with --fail-if-held), 75 otherwise",
     )
     waiting.add_argument(
         "--no-wait",
         action="store_true",
-        help="exit 75 at once when another process holds the key (Go's exitOnLockFound)",
+        help="give up at once when another process holds the key (Go's exitOnLockFound): exit 0, "
+        "and print why only with -v, so that cron on every host mails nothing from the hosts that skip",
+    )
+    lock.add_argument(
+        "--fail-if-held",
+        action="store_true",
+        help="exit 75 instead of 0 when another process holds the key (with --no-wait or --wait), and say so",
     )
     lock.add_argument(
         "--kill-grace",
@@ -197,33 +207,33 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     err_stream = stderr if stderr is not None else sys.stderr
     parser = build_parser()
     prog = "singleton"
-    quiet = False
+    verbosity = 0
     try:
         try:
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help and --version
             return exc.code if isinstance(exc.code, int) else EXIT_OK
         prog = f"singleton {args.subcommand}"
-        quiet = args.quiet
-        out = Output(prog, -1 if args.quiet else 1 if args.verbose else 0, err_stream)
+        verbosity = -1 if args.quiet else 1 if args.verbose else 0
+        out = Output(prog, verbosity, err_stream)
         if args.subcommand == "run":
             return cmd_run(args, out)
         return cmd_status(args, out_stream)
     except Exit as exc:
-        if exc.message and (exc.error or not quiet):
+        if exc.message is not None and exc.shown(verbosity):
             prog = exc.prog or prog
             message = f"{prog}: error: {exc.message}" if exc.error else f"{prog}: {exc.message}"
             with contextlib.suppress(OSError, ValueError):
-                print(" ".join(message.split()), file=err_stream, flush=True)
+                print(one_line(message), file=err_stream, flush=True)
         return exc.code
     except ConfigurationError as exc:
-        print(f"{prog}: error: {exc}", file=err_stream, flush=True)
+        print(one_line(f"{prog}: error: {exc}"), file=err_stream, flush=True)
         return EXIT_USAGE
     except BackendError as exc:
-        print(f"{prog}: error: {exc}", file=err_stream, flush=True)
+        print(one_line(f"{prog}: error: {exc}"), file=err_stream, flush=True)
         return EXIT_UNAVAILABLE
     except SingletonError as exc:
-        print(f"{prog}: error: {exc}", file=err_stream, flush=True)
+        print(one_line(f"{prog}: error: {exc}"), file=err_stream, flush=True)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TextIO
 
+from singleton._text import one_line
 from singleton.config import Settings, check_range, parse_address
 from singleton.election import ElectionStatus
 from singleton.errors import AccessDenied, BackendUnavailable, ConfigurationError
@@ -31,7 +32,8 @@ exit codes:
   1      status: a key named is free (without keys: none is held)
   64     bad arguments or settings
   69     Consul unreachable, or an ACL denied a call
-  75     run --no-wait / --wait S: another process holds the key
+  0      run --no-wait / --wait S: another process holds the key (it runs the command there)
+  75     run --fail-if-held: another process holds the key; --wait S: the key was not acquired in time
   76     run: the lock was lost while the command ran; it was stopped
   126    run: the command could not be executed
   127    run: the command was not found
@@ -52,15 +54,32 @@ class Exit(Exception):
     """Ends the command with ``code`` after printing ``message`` (one line) on stderr.
 
     An ``error`` is always printed, as ``<prog>: error: <message>``; otherwise the message is an
-    outcome (``<prog>: <message>``) that ``-q`` silences.
+    outcome (``<prog>: <message>``) that ``-q`` silences, or with ``detail`` one shown only with ``-v``.
     """
 
-    def __init__(self, code: int, message: str | None = None, *, error: bool = True, prog: str | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str | None = None,
+        *,
+        error: bool = True,
+        detail: bool = False,
+        prog: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.error = error
+        self.detail = detail
         self.prog = prog
+
+    def shown(self, verbosity: int) -> bool:
+        """Whether the message is printed at ``verbosity`` (-1 with ``-q``, 0 by default, 1 with ``-v``)."""
+        if not self.message:
+            return False
+        if self.error:
+            return True
+        return verbosity > 0 if self.detail else verbosity >= 0
 
 
 class Output:
@@ -83,7 +102,7 @@ class Output:
 
     def _write(self, message: str) -> None:
         with contextlib.suppress(OSError, ValueError):
-            print(f"{self.prog}: {' '.join(message.split())}", file=self.stream, flush=True)
+            print(f"{self.prog}: {one_line(message)}", file=self.stream, flush=True)
 
 
 class Gate(logging.Filter):
@@ -97,12 +116,19 @@ class Gate(logging.Filter):
         return self.open
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records as one line each, escaped as :func:`one_line` does (they quote Consul's answers)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
 @contextlib.contextmanager
 def engine_logging(out: Output) -> Iterator[Gate]:
     """Route the ``singleton`` loggers to stderr for the duration of a command, behind a gate."""
     gate = Gate()
     handler = logging.StreamHandler(out.stream)
-    handler.setFormatter(logging.Formatter(f"{out.prog}: %(message)s"))
+    handler.setFormatter(_OneLineFormatter(f"{out.prog}: %(message)s"))
     handler.addFilter(gate)
     level = logging.INFO if out.verbosity > 0 else logging.ERROR if out.verbosity < 0 else logging.WARNING
     handler.setLevel(level)

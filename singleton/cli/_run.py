@@ -5,9 +5,11 @@
 2. The first acquisition attempt decides whether Consul can be used at all: an unreachable agent or an
    ACL denial ends the run with exit 69 and one line saying why; the command is not started.
 3. Waits for the lock (:meth:`Election.acquire <singleton.election.Election.acquire>`): for ever by
-   default, up to ``--wait S``, or not at all with ``--no-wait`` (exit 75 as soon as another process
-   is seen holding the key; a key that is free but still inside a lock-delay is waited for, at most
-   the lock-delay).
+   default, up to ``--wait S``, or not at all with ``--no-wait`` (a key that is free but still inside
+   a lock-delay is waited for, at most the lock-delay). When it
+   gives up because another process holds the key, that process runs the command: the exit code is 0
+   and the reason is printed only with ``-v`` (cron mails nothing from the hosts that skip), or 75 and
+   the reason with ``--fail-if-held``. Not acquired within ``--wait S`` for another reason: 75.
 4. Starts the command in a session of its own (``setsid``), so that signals reach every process of it
    and none outlives a lost lock, with ``SINGLETON_LOCK_KEY``, ``SINGLETON_LOCK_FENCE`` (the fencing
    index of this term) and ``SINGLETON_LOCK_SESSION`` in its environment.
@@ -64,7 +66,7 @@ from singleton.cli._common import (
 from singleton.config import LeaseOverrides, LeaseSpec, Settings
 from singleton.election import AcquireOutcome, Election, Elector, Phase
 from singleton.errors import BackendError
-from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_UNAVAILABLE, EXIT_USAGE
+from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.token import StopCause, StopToken
 
 __all__ = ["DEFAULT_KILL_GRACE", "KILL_SAFETY", "KillPlan", "cmd_run", "kill_deadline"]
@@ -300,6 +302,7 @@ class _Run:
                 self.out.detail(f"waiting for {self.args.key!r}, held by {election.holder or 'another session'}")
 
         wait = 0.0 if self.args.no_wait else self.args.wait
+        waited = "--no-wait" if self.args.no_wait else "waited for ever" if wait is None else f"--wait {wait:g}"
         # The first attempt: a session, an acquisition and a read, each within the HTTP timeout.
         result = election.acquire(wait, settle_timeout=3 * timeout + 2, interrupt=interrupt)
         if result.outcome is AcquireOutcome.LEADER:
@@ -307,24 +310,19 @@ class _Run:
             self.gate.open = True
             return result.token
         if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
-            holder = result.holder or "another session"
-            if self.args.no_wait:
-                raise Exit(
-                    EXIT_HELD_ELSEWHERE,
-                    f"{self.args.key!r} is held by {holder}; not running the command (--no-wait)",
-                    error=False,
-                )
-            raise Exit(
-                EXIT_HELD_ELSEWHERE,
-                f"{self.args.key!r} not acquired (--wait {self.args.wait:g}): held by {holder}",
-                error=False,
-            )
+            raise self._held_elsewhere(result.holder, waited)
         if result.error is not None:
             raise attempt_failed(self.args.key, result.reason or str(result.error))
         if not election.wait_settled(0):
             raise Exit(EXIT_UNAVAILABLE, f"cannot reach Consul: {result.reason}; check CONSUL_HTTP_ADDR (or --address)")
-        waited = "--no-wait" if self.args.no_wait else f"--wait {self.args.wait:g}"
         raise Exit(EXIT_HELD_ELSEWHERE, f"{self.args.key!r} not acquired ({waited}): {result.reason}", error=False)
+
+    def _held_elsewhere(self, holder: str | None, waited: str) -> Exit:
+        """Another process holds the key, so it runs the command: exit 0 quietly, or 75 with --fail-if-held."""
+        message = f"{self.args.key!r} is held by {holder or 'another session'}; not running the command here ({waited})"
+        if self.args.fail_if_held:
+            return Exit(EXIT_HELD_ELSEWHERE, message, error=False)
+        return Exit(EXIT_OK, message, error=False, detail=True)
 
     # -- supervising ----------------------------------------------------------------------------
 

@@ -1,4 +1,18 @@
-"""``singleton status``: who holds each key (``hostname:pid``), since when, the session, the fence."""
+"""``singleton status``: who holds each key (``hostname:pid``), since when, the session, the fence.
+
+Whatever came from Consul (keys, values, session names, nodes) may have been written by anyone who can
+write the key: the text output shows it escaped (``\\x1b``, ``\\n``, a backslash as ``\\\\``) and
+shortened, so it cannot move the cursor, retitle the window or hide a line. ``--json`` keeps every
+value exact, as JSON escapes (ASCII only).
+
+The holder's fence is the key's ModifyIndex read right after its acquisition. It is shown only while
+the key's last write was that acquisition: any other write (``consul kv put``, a CAS, new flags)
+raises the ModifyIndex without a new holder, and Consul resets the key's LockIndex to 0 with it (only
+an acquisition sets a LockIndex of 1 or more). So a held key with a LockIndex of 0 has a fence that
+cannot be known from outside, and is said to be so; ``--json`` gives ``fence`` (or null),
+``lock_index`` and ``modify_index`` as Consul has them. (A write that re-acquires with the holder's
+own session ID keeps the LockIndex: nobody but the holder should know that ID.)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +22,7 @@ import json
 import time
 from typing import Any, TextIO
 
+from singleton._text import escape
 from singleton.backends import KeyInfo, SessionInfo, create_backend
 from singleton.cli._common import EXIT_FREE, settings_from, unavailable
 from singleton.errors import AccessDenied, BackendError
@@ -47,6 +62,21 @@ def _age(seconds: float) -> str:
     return f"{secs}s"
 
 
+#: How much of a value from Consul a line shows (the whole value is in --json).
+_SHOWN_MAX = 200
+
+
+def _safe(text: str | None) -> str | None:
+    """``text`` for a terminal: every unprintable character and the backslash escaped, long text shortened."""
+    if text is None:
+        return None
+    shown = text if len(text) <= _SHOWN_MAX else text[:_SHOWN_MAX]
+    escaped = "".join(c if c.isprintable() and c != "\\" else escape(c) for c in shown)
+    if len(text) > len(shown):
+        escaped += f"... ({len(text)} characters)"
+    return escaped
+
+
 def _describe(key: str, full_key: str, entry: KeyInfo | None, info: SessionInfo | None) -> dict[str, Any]:
     held = entry is not None and entry.session is not None
     since = _since(entry.flags) if entry is not None and held else None
@@ -64,27 +94,32 @@ def _describe(key: str, full_key: str, entry: KeyInfo | None, info: SessionInfo 
         "node": info.node if info is not None else None,
         "ttl": info.ttl if info is not None else None,
         "lock_delay": info.lock_delay if info is not None else None,
-        "fence": entry.modify_index if entry is not None and held else None,
+        "fence": entry.modify_index if entry is not None and held and entry.lock_index > 0 else None,
         "lock_index": entry.lock_index if entry is not None else None,
+        "modify_index": entry.modify_index if entry is not None else None,
     }
 
 
 def _line(item: dict[str, Any]) -> str:
+    key = _safe(item["key"])
     if not item["held"]:
         if not item["exists"]:
-            return f"{item['key']}: free (no such key)"
-        last = f" (last held by {item['last_holder']})" if item["last_holder"] else ""
-        return f"{item['key']}: free{last}"
-    parts = [f"{item['key']}: held by {item['holder'] or '?'}"]
+            return f"{key}: free (no such key)"
+        last = f" (last held by {_safe(item['last_holder'])})" if item["last_holder"] else ""
+        return f"{key}: free{last}"
+    parts = [f"{key}: held by {_safe(item['holder']) or '?'}"]
     if item["since_epoch"] is not None:
         parts.append(f"for {_age(time.time() - item['since_epoch'])} (since {item['since']})")
-    session = f"session {item['session']}"
+    session = f"session {_safe(item['session'])}"
     if item["session_name"] and item["session_name"] != item["holder"]:
-        session += f" {item['session_name']!r}"
+        session += f" named {_safe(item['session_name'])}"
     if item["ttl"] is not None:
         session += f" (ttl {item['ttl']:g}s, lock-delay {item['lock_delay']:g}s)"
     parts.append(session)
-    parts.append(f"fence {item['fence']}")
+    if item["fence"] is not None:
+        parts.append(f"fence {item['fence']}")
+    else:
+        parts.append(f"fence unknown: the key was written after its acquisition (modify index {item['modify_index']})")
     return parts[0] + " " + ", ".join(parts[1:])
 
 

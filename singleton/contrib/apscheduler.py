@@ -27,13 +27,24 @@ Per-process and shared stores
 -----------------------------
 *Per-process* (``shared=False``; the default for :class:`~apscheduler.jobstores.memory.MemoryJobStore`
 and SQLite ``:memory:``): every process holds its own copy of the jobs, so every process must add the
-same jobs (same ids, same triggers; give interval triggers a fixed ``start_date`` so that all processes
-agree on the scheduled times). Followers advance each job at its due time exactly as the leader does,
+same jobs (same ids, same triggers). All processes must agree on the scheduled times: an interval job
+added as APScheduler's docs add it (``add_job(f, "interval", seconds=60)``, no ``start_date``) would
+start at each process's own ``now + interval``, so the store moves such a start (one with a fraction
+of a second, as ``now`` has) to the first multiple of the interval since the Unix epoch
+(:data:`GRID_ORIGIN`): every process then fires at the same times (every 60 s at :00, every 5 min at
+:00, :05, ...). A ``start_date`` in whole seconds is yours and is kept; a job's next run after an
+explicit ``next_run_time`` is moved up onto the grid. Interval jobs with ``jitter`` fire at times of
+each process's own (a warning says so): use a shared store for those. Cron and date triggers are the
+same everywhere already (give the scheduler an explicit ``timezone``). Followers advance each job at
+its due time exactly as the leader does,
 without running it: a new leader inherits no backlog to burst through, and a date job that fell due
 while it followed (and was run by the leader) is gone from its store too. A new leader never runs a
 scheduled time that fell due after its scheduler started but before its term began: it cannot tell
 whether the previous leader ran it, and a time run twice is worse than a time missed. So after a crash
-the runs of the failover window are not caught up. Jobs that were already overdue when the scheduler
+the runs of the failover window are not caught up. At a graceful handoff nothing is lost or repeated:
+the old leader ran only times before its token fired, which is before it released the key, and the
+new leader runs only times from its acquisition on (as read on the hosts' clocks, which must agree:
+a skew between hosts is a window in which a time can run twice). Jobs that were already overdue when the scheduler
 started (``next_run_time=datetime.now()``: run at startup) are run by whichever process leads first.
 A job added at run time to one process's store exists only there: add dynamic jobs to a shared store.
 
@@ -81,6 +92,7 @@ is useless in the child: the child's inherited token has fired, and its schedule
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -102,6 +114,7 @@ try:
     from apscheduler.job import Job  # type: ignore[import-untyped, unused-ignore]
     from apscheduler.jobstores.base import BaseJobStore  # type: ignore[import-untyped, unused-ignore]
     from apscheduler.jobstores.memory import MemoryJobStore  # type: ignore[import-untyped, unused-ignore]
+    from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped, unused-ignore]
     from apscheduler.util import iscoroutinefunction_partial, maybe_ref  # type: ignore[import-untyped, unused-ignore]
 except ImportError as exc:
     _version: str | None
@@ -300,10 +313,16 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         return self.inner.get_all_jobs()  # type: ignore[no-any-return]
 
     def add_job(self, job: Any) -> None:
-        self.inner.add_job(_plain(job))
+        job = _plain(job)
+        if not self.shared:
+            _agree(job, adding=True)
+        self.inner.add_job(job)
 
     def update_job(self, job: Any) -> None:
-        self.inner.update_job(_plain(job))
+        job = _plain(job)
+        if not self.shared:
+            _agree(job, adding=False)
+        self.inner.update_job(job)
 
     def remove_job(self, job_id: str) -> None:
         self.inner.remove_job(job_id)
@@ -369,7 +388,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             if not skipped:
                 due.append(job)
                 continue
-            upcoming = job.trigger.get_next_fire_time(skipped[-1], now)
+            upcoming = _on_grid(job.trigger, job.trigger.get_next_fire_time(skipped[-1], now))
             if report:
                 _log.info(
                     "job %r: not running %d run(s) scheduled from %s to %s: they fell due before this process "
@@ -487,6 +506,88 @@ def _guarded(func: Any, election: Election, token: StopToken) -> Any:
             return func(*args, **kwargs)
 
     return functools.wraps(func)(run)
+
+
+# -- fire times every process agrees on (per-process stores) ---------------------------------------
+
+#: Interval triggers of per-process stores count their fire times from here: every process agrees on it.
+GRID_ORIGIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+#: Off the grid by less than this is the float rounding of APScheduler's own arithmetic, not a phase.
+_GRID_SLACK_US = 1000
+_jitter_warned: set[str] = set()
+
+
+def _agree(job: Any, *, adding: bool) -> None:
+    """Make a job of a per-process store fire at the same times in every process.
+
+    ``add_job(f, "interval", seconds=1)`` starts the interval at ``now + interval``: every process has a
+    phase of its own, and at a handoff the new leader runs "the same" tick a fraction of a second after
+    the old one ran it. Such a start (one with a fraction of a second, as ``now`` always has) is moved
+    to the first multiple of the interval since :data:`GRID_ORIGIN` at or after it, and a job's next run
+    time off its trigger's grid (after an explicit ``next_run_time``) is moved up onto it. A start
+    given in whole seconds is the user's and is kept.
+    """
+    trigger = job.trigger
+    if not isinstance(trigger, IntervalTrigger):
+        return
+    if trigger.jitter:
+        if adding and job.id not in _jitter_warned:
+            _jitter_warned.add(job.id)
+            _log.warning(
+                "job %r: with jitter each process of a per-process job store has fire times of its own, so a "
+                "new leader may run a time the previous leader ran a moment earlier; use a shared job store, "
+                "or no jitter",
+                job.id,
+            )
+        return
+    start = trigger.start_date
+    if start.microsecond:
+        aligned_start = _grid_ceil(GRID_ORIGIN, trigger.interval, start).astimezone(start.tzinfo)
+        if aligned_start != start:
+            old_start = start
+            trigger = copy.copy(trigger)
+            trigger.start_date = aligned_start
+            job.trigger = trigger
+            if job.next_run_time is not None and _grid_offset(old_start, trigger.interval, job.next_run_time) == 0:
+                # Computed by the scheduler from the old start: the same run, on the common grid.
+                job.next_run_time = _grid_ceil(aligned_start, trigger.interval, job.next_run_time)
+            if adding:
+                _log.info(
+                    "job %r: interval started at %s (this process's own moment); moved to %s, a multiple of "
+                    "its interval since %s, so that every process runs the same times",
+                    job.id,
+                    old_start,
+                    aligned_start,
+                    GRID_ORIGIN.date(),
+                )
+            return
+    if not adding:  # the run after an explicit next_run_time: back onto the grid
+        job.next_run_time = _on_grid(trigger, job.next_run_time)
+
+
+def _grid_offset(origin: datetime, step: timedelta, when: datetime) -> int:
+    """Microseconds ``when`` lies after the last point of ``origin + k * step`` (0 on the grid)."""
+    return ((when - origin) // _US) % (step // _US)
+
+
+def _grid_ceil(origin: datetime, step: timedelta, when: datetime) -> datetime:
+    """The first point of ``origin + k * step`` at or after ``when`` (exact: integer microseconds)."""
+    offset = _grid_offset(origin, step, when)
+    return when if offset == 0 else when + (step - offset * _US)
+
+
+def _on_grid(trigger: Any, when: datetime | None) -> datetime | None:
+    """``when`` moved up onto an interval trigger's grid (other triggers, jitter and None: unchanged)."""
+    if when is None or not isinstance(trigger, IntervalTrigger) or trigger.jitter:
+        return when
+    offset = _grid_offset(trigger.start_date, trigger.interval, when)
+    step = trigger.interval // _US
+    if offset <= _GRID_SLACK_US or step - offset <= _GRID_SLACK_US:
+        return when
+    if trigger.end_date is not None and _grid_ceil(trigger.start_date, trigger.interval, when) > trigger.end_date:
+        return None
+    return _grid_ceil(trigger.start_date, trigger.interval, when).astimezone(when.tzinfo)
 
 
 # -- configuration ----------------------------------------------------------------------------------

@@ -34,10 +34,12 @@ own code; the lock is released as soon as it finishes, so the next run elsewhere
 TTL. Inside ``handle()``, :func:`singleton.current_token` is the term's
 :class:`~singleton.token.StopToken`.
 
-*Another process holds it.* ``handle()`` does not run. One line on stderr names the holder
-(``hostname:pid``; not printed with ``-v 0``) and the exit code is 0 (``EXIT_OK``), or 75
-(``EXIT_HELD_ELSEWHERE``) with ``--leader-fail-if-held``, for cron monitoring. With ``--leader-wait``
-the command waits that long for the lock first. A key that is free but inside a lock-delay (its last
+*Another process holds it.* That process runs it: ``handle()`` does not run here, and the exit code is
+0 (``EXIT_OK``) with nothing printed, so that cron on every host mails nothing from the hosts that skip
+(``-v 2`` prints one line on stderr naming the holder, ``hostname:pid``). With ``--leader-fail-if-held``
+the exit code is 75 (``EXIT_HELD_ELSEWHERE``), for monitoring, and the line is printed (as Django
+prints a CommandError). The same rule as ``singleton run --no-wait`` and ``--fail-if-held``. With
+``--leader-wait`` the command waits that long for the lock first. A key that is free but inside a lock-delay (its last
 holder died) is waited for in any case: the delay ends within 60 s and then one process gets it.
 
 *Consul cannot be reached, or refuses us (ACL).* ``handle()`` does not run: a process that cannot prove
@@ -56,19 +58,22 @@ the next holder's. Any other exception of ``handle()`` propagates as usual (with
 *--no-leader.* The command runs here whatever Consul says (Consul is not contacted);
 :func:`singleton.current_token` is a token that never fires.
 
-*Bad options or settings* (``--leader-ttl 5``, ``--leader-key /x``): a CommandError names the option or
-setting and its allowed range, before anything runs; exit code 64 (``EXIT_USAGE``). A bad
-``settings.SINGLETON`` stops Django itself at startup when the app is installed (a ConfigurationError
-naming the key, from :meth:`~singleton.contrib.django.apps.SingletonConfig.ready`); without the app in
-``INSTALLED_APPS`` the command reports it with exit code 64.
+*Bad options or settings* (``--leader-ttl 5``, ``--leader-key /x``, a bad ``settings.SINGLETON``): a
+CommandError names the option or setting and its allowed range, before anything runs; exit code 64
+(``EXIT_USAGE``), one line, no traceback. Commands that do not take the lock are not stopped by a bad
+``settings.SINGLETON``: with the app installed, Django's system checks list it as the warning
+``singleton.W001`` (see :mod:`singleton.contrib.django.apps`).
 
 Called with :func:`django.core.management.call_command`, the same outcomes raise ``CommandError`` with
 ``returncode`` set (a lock held elsewhere returns None, unless ``leader_fail_if_held=True``).
 
 The lock belongs to the command run: it has its own Consul session, closed when the run ends. A
 ``@leader_only`` function called from ``handle()`` campaigns separately (in the process-wide elector),
-so it must not use the command's key. SIGKILL (or SIGTERM with Python's default handler) ends the
-process without a release: the lock then frees itself after the TTL and the lock-delay.
+so it must not use the command's key. SIGTERM (systemd, ``docker stop``, Kubernetes) fires the
+token and hands the lock over once ``handle()`` returns (within ``shutdown_grace``), then ends the
+process by SIGTERM as Python would have (see ``singleton._signals``; a SIGTERM handler of the project's
+own is left alone). SIGKILL ends the process without a release: the lock then frees itself after the
+TTL and the lock-delay.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ from django.core.management.base import (  # type: ignore[import-untyped, unused
     OutputWrapper,
 )
 
+from singleton._text import one_line
 from singleton.config import TTL_MAX, TTL_MIN, LeaseOverrides, Settings, check_range, validate_key
 from singleton.contrib.django import conf
 from singleton.election import AcquireOutcome, Election, Elector, Phase
@@ -147,7 +153,7 @@ class _NotRun:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return one_line(text)  # what Consul holds or said: escaped for the terminal
 
 
 def run_exclusively(
@@ -183,10 +189,11 @@ def run_exclusively(
                     returncode=EXIT_UNAVAILABLE,
                 )
             mine = " (another elector of this very process)" if outcome.holder == elector.identity else ""
-            message = f"{label}: not run here: the lock {full_key!r} is held by {outcome.holder}{mine}"
+            message = f"{label}: not run here: the lock {full_key!r} is held by {_one_line(outcome.holder)}{mine}"
+            # The holder runs it: quiet success, unless a failure code was asked for.
             if plan.fail_if_held:
                 raise CommandError(message, returncode=EXIT_HELD_ELSEWHERE)
-            if verbosity >= 1:
+            if verbosity >= 2:
                 stderr.write(message)
             return None
         return _run_body(election, outcome, body, full_key=full_key, label=label, stderr=stderr, verbosity=verbosity)
@@ -306,7 +313,8 @@ class LeaderOnlyCommand(BaseCommand):  # type: ignore[misc, unused-ignore]
         group.add_argument(
             "--leader-fail-if-held",
             action="store_true",
-            help=f"Exit with {EXIT_HELD_ELSEWHERE} instead of 0 when another process holds the lock.",
+            help=f"Exit with {EXIT_HELD_ELSEWHERE} instead of 0 (quietly) when another process holds the lock, "
+            "and say which.",
         )
         group.add_argument(
             "--no-leader",

@@ -19,8 +19,10 @@ validated by the same code: ``ADDRESS``, ``TOKEN``, ``TTL``, ``LOCK_DELAY``, ``M
 everywhere else, so a project without ``SINGLETON`` is configured by the environment alone.
 
 Failure modes: a value that is not a dict, an unknown or lower-case key, or a value out of range raises
-:class:`~singleton.errors.ConfigurationError` naming ``settings.SINGLETON[...]`` and the allowed range.
-The app config (:mod:`singleton.contrib.django.apps`) checks it when Django starts.
+:class:`~singleton.errors.ConfigurationError` naming ``settings.SINGLETON[...]`` and the allowed range
+(a ``TOKEN`` of the wrong type is named by its type, never quoted). The app config
+(:mod:`singleton.contrib.django.apps`) checks it when Django starts and reports it as the system check
+warning ``singleton.W001``; leader-only commands then exit 64.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ _STRINGS = {
     "token",
 }
 _BOOLEANS = {"verify"}
+# Values that may be secrets: an error names their type, never the value.
+_SECRETS = {"token"}
+
+
+def _shown(name: str, item: object) -> str:
+    """``item`` as an error message may show it: its repr, or only its type for a secret."""
+    if name in _SECRETS:
+        return f"a value of type {type(item).__name__} (not shown: it may be a secret)"
+    return repr(item)
 
 
 def allowed_keys() -> list[str]:
@@ -80,9 +91,9 @@ def overrides_from(value: object) -> dict[str, Any]:
 
     :raises ConfigurationError: not a dict, an unknown key, or a bad value.
     """
-    if not isinstance(value, Mapping):
+    if not isinstance(value, Mapping):  # its type only: the value may hold the token
         raise ConfigurationError(
-            f"settings.{SETTING} must be a dict such as {{'ADDRESS': 'consul:8500'}}, got {value!r}"
+            f"settings.{SETTING} must be a dict such as {{'ADDRESS': 'consul:8500'}}, got a {type(value).__name__}"
         )
     allowed = allowed_keys()
     overrides: dict[str, Any] = {}
@@ -96,9 +107,9 @@ def overrides_from(value: object) -> dict[str, Any]:
             )
         name = key.lower()
         if item is not None and name in _STRINGS and not isinstance(item, str):
-            raise ConfigurationError(f"{_where(key)} must be a string, got {item!r}")
+            raise ConfigurationError(f"{_where(key)} must be a string, got {_shown(name, item)}")
         if item is not None and name in _BOOLEANS and not isinstance(item, bool):
-            raise ConfigurationError(f"{_where(key)} must be True or False, got {item!r}")
+            raise ConfigurationError(f"{_where(key)} must be True or False, got {_shown(name, item)}")
         if name not in _JOINT and item is not None:
             try:
                 if name in _LEASE:  # alone, only its range: how it fits the others is checked below
@@ -107,8 +118,8 @@ def overrides_from(value: object) -> dict[str, Any]:
                     Settings.from_env({}, **{name: item})
             except ConfigurationError as exc:  # ours already: the key's name is all that is added
                 raise ConfigurationError(f"{_where(key)}: {exc}") from None
-            except (TypeError, ValueError) as exc:  # a value of the wrong type deeper down
-                raise ConfigurationError(f"{_where(key)}: invalid value {item!r} ({exc})") from exc
+            except (TypeError, ValueError):  # a value of the wrong type deeper down
+                raise ConfigurationError(f"{_where(key)}: invalid value {_shown(name, item)}") from None
         overrides[name] = item
     try:
         Settings.from_env({}, **overrides)

@@ -87,7 +87,8 @@ class Command(BaseCommand):  # type: ignore[misc, unused-ignore]
         parser.add_argument(
             "--fail-if-held",
             action="store_true",
-            help=f"Exit with {EXIT_HELD_ELSEWHERE} instead of 0 when another process holds the lock.",
+            help=f"Exit with {EXIT_HELD_ELSEWHERE} instead of 0 (quietly) when another process holds the lock, "
+            "and say which.",
         )
         parser.add_argument("--no-leader", action="store_true", help="Run COMMAND without the lock and without Consul.")
         parser.add_argument("command", metavar="COMMAND", help="The management command to run.")
