@@ -7,7 +7,9 @@ around it). The settle bound is counted from the heal.
 ``FAULT_SET`` chooses what runs: ``ci`` (the default: the faults that matter most and are quick,
 what ``make test`` runs), ``all`` (``make faults``), or names separated by commas. ``FAULT_TRIALS``
 sets the trials of each (default 1, and 3 under ``make faults``). ``FAULT_LOCK_DELAY`` replaces the
-smallest accepted lock-delay, to show what a smaller one lets through (it is reported with the figures).
+smallest accepted lock-delay (it is reported with the figures): a larger one, or, on an engine that
+accepted it, a smaller one to show what it lets through. The engine now refuses a lock-delay below
+``LeaseSpec.min_lock_delay``, so the workers fail at start with one (a traceback in their logs).
 """
 
 from __future__ import annotations
