@@ -48,6 +48,8 @@ class KeyChanged:
     index: int
     entry: KeyInfo | None
     reset: bool = False
+    #: The watch thread is making an acquisition attempt on this news itself (see WatchThread).
+    attempting: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,12 @@ class PrefixWatch:
 
 
 class WatchThread(threading.Thread):
-    """Runs one :class:`PrefixWatch` until ``stop`` (the elector's) or :meth:`retire` (a regrouping)."""
+    """Runs one :class:`PrefixWatch` until ``stop`` (the elector's) or :meth:`retire` (a regrouping).
+
+    Each change goes to ``react``, which posts it to the election thread, and may first send an
+    acquisition attempt from this very thread (a key freed while its campaign watched): a follower's
+    takeover then costs no hand-off between threads before the attempt.
+    """
 
     def __init__(
         self,
@@ -133,10 +140,12 @@ class WatchThread(threading.Thread):
         post: Callable[[KeyChanged | WatchFailed], None],
         stop: threading.Event,
         rng: _retry.Random,
+        react: Callable[[KeyChanged], None] | None = None,
     ) -> None:
         super().__init__(name=f"singleton-watch[{watch.prefix}*]", daemon=True)
         self.watch = watch
         self._post = post
+        self._react = react or post
         self._stop_all = stop
         self._retired = threading.Event()
         self._errors = _retry.WATCH_ERROR.start(rng)
@@ -174,7 +183,9 @@ class WatchThread(threading.Thread):
             if self.stopping():
                 break
             for change in changes:
-                self._post(change)
+                self._react(change)
+            if changes:
+                time.sleep(0)  # let the election thread act on them before this thread sends its next query
             went_back = new_index < index
             blocking = index != 0  # a query with index 0 answers at once by design
             quick = blocking and time.monotonic() - began < QUICK_ANSWER
