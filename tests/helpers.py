@@ -70,6 +70,14 @@ class Partitionable(Backend):
         self._check()
         return self.inner.release(key, session_id, value)
 
+    def put(self, key: str, value: bytes) -> None:
+        self._check()
+        self.inner.put(key, value)
+
+    def delete(self, key: str, *, cas: int | None = None) -> bool:
+        self._check()
+        return self.inner.delete(key, cas=cas)
+
     def read(self, key: str) -> tuple[int, KeyInfo | None]:
         self._check()
         return self.inner.read(key)
