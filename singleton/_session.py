@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from singleton import _retry
 from singleton._log import RateLimitedLogger
+from singleton._stats import EngineStats
 from singleton.backends.base import Backend
 from singleton.config import LeaseSpec
 from singleton.errors import BackendError, SessionInvalidated
@@ -80,6 +81,7 @@ class SessionKeeper:
         clock: Callable[[], float],
         rng: _retry.Random,
         rlog: RateLimitedLogger,
+        stats: EngineStats | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -97,6 +99,9 @@ class SessionKeeper:
         self._renew = _retry.RENEW.start(rng, cap=spec.renew_interval)
         #: The last error of a create or renew call; None once one succeeded.
         self.error: BackendError | None = None
+        #: When the latest successful creation or renewal was sent (the health check's measure).
+        self.renewed_at = _NEVER
+        self.stats = stats if stats is not None else EngineStats()
 
     def __repr__(self) -> str:
         return f"<SessionKeeper ttl={self.spec.ttl:g} session={self.id}>"
@@ -155,6 +160,7 @@ class SessionKeeper:
                 name=self.name, ttl=self.spec.ttl, lock_delay=self.spec.lock_delay or 0.0
             )
         except BackendError as exc:
+            self.stats.count_error("create_session", exc)
             self.error = exc
             self.retry_at = self._clock() + self._create.next()
             return [SessionUnavailable(exc)]
@@ -166,6 +172,7 @@ class SessionKeeper:
         self._create.reset()
         self.error = None
         self.id = session_id
+        self.renewed_at = sent
         self.lease = Lease(sent + self.spec.lease)
         self.next_renew = sent + self.spec.renew_interval
         return [SessionReady(session_id)]
@@ -176,8 +183,10 @@ class SessionKeeper:
         try:
             self.backend.renew_session(self.id)
         except SessionInvalidated as exc:
+            self.stats.count_error("renew", exc)
             return [self.forget(f"session invalidated: {exc}")]
         except BackendError as exc:
+            self.stats.count_error("renew", exc)
             now = self._clock()
             self.error = exc
             self.next_renew = now + self._renew.next()
@@ -191,11 +200,13 @@ class SessionKeeper:
             )
             return []
         now = self._clock()
+        self.stats.renewals.observe(max(0.0, now - sent))
         if self._renew.failures:
             _log.info("session %s renewed again after %d failed attempts", self.id, self._renew.failures)
             self._rlog.reset("renew")
         self._renew.reset()
         self.error = None
+        self.renewed_at = sent
         self.next_renew = sent + self.spec.renew_interval
         if now >= self.lease.deadline:
             # The lease ran out before this renewal was answered: the old terms are over for good (the

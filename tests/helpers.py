@@ -104,6 +104,7 @@ def memory_elector(
     lock_delay: float | None = None,
     margin: float | None = None,
     inline: bool = True,
+    wall_clock: Callable[[], float] = time.time,
     **settings: object,
 ) -> Elector:
     """An elector on ``backend``: inline (driven by step(), for fake clocks) or threaded."""
@@ -117,6 +118,7 @@ def memory_elector(
         config,
         backend=backend,
         clock=clock,
+        wall_clock=wall_clock,
         watch="inline" if inline else "thread",
         rng=random.Random(7),
     )

@@ -357,9 +357,7 @@ class ConsulBackend(Backend):
         what = f"deleting key {key!r}"
         query = [] if cas is None else [("cas", str(cas))]
         # Sent again on a broken connection only without cas: a second try of a CAS that landed says False.
-        answer = self._request(
-            "DELETE", f"/v1/kv/{_key_path(key)}", what=what, query=query, idempotent=cas is None
-        )
+        answer = self._request("DELETE", f"/v1/kv/{_key_path(key)}", what=what, query=query, idempotent=cas is None)
         self._expect(answer, what, _key_rule(key, "write"))
         done = self._json(answer, what)
         if not isinstance(done, bool):
