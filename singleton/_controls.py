@@ -417,11 +417,11 @@ class Controls:
         _log.warning("%s was %s; out of the campaign for %gs", c.identity, asked, request.seconds)
         cause = StopCause.STEPPED_DOWN if c.phase is Phase.LEADING else None
         c._to(Phase.STEPPING_DOWN, f"stepping down: {asked}", due=now, cause=cause)
+        self.tick(now)  # released at once when no body runs: the handoff first, the tidying after
         try:
             c.backend.delete(entry.key, cas=entry.modify_index)
         except BackendError as exc:  # it names this session only: nobody else acts on it, we did already
             c.note_error(exc, "delete the step-down request", current=False, operation="control")
-        self.tick(now)
 
     # -- the due times ----------------------------------------------------------------------------------
 
