@@ -41,6 +41,11 @@ session destroyed. Release first: a destroy alone would start the lock-delay, a 
 take over at once. A key whose body is still running after the grace is not released; the session's
 destruction frees it after its lock-delay.
 
+*Operators' controls* (``singleton._controls``): a record beside the key, ``<key>#pause`` or
+``<key>#step-down``, reaches every campaign through the watch that covers the key. While paused no
+body starts anywhere and the holder keeps the key (its token fired); asked to step down, the holder
+ends its term, gives running bodies ``shutdown_grace``, releases, and stays out for the time asked.
+
 *Fork.* An Elector belongs to the process that created it. In a forked child every elector of the
 parent is disowned: its tokens fire, it refuses all use, and nothing is released (the parent still
 holds the keys). The process-wide one is replaced by a new elector on first use (``singleton._runtime``).

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import signal
 import subprocess
@@ -168,8 +169,11 @@ def test_pause_stops_every_process_within_a_round_trip_and_resume_restarts_them(
         assert code == 0, "the paused holder keeps the key"
         assert "paused by" in out
         assert ": migration" in out
-        code, out, _ = cli("status", *address)
-        assert key[len(key_prefix) - len(key_prefix) :] in out
+        code, out, _ = cli("status", "--json", key, *address)
+        (item,) = json.loads(out)
+        assert item["held"]
+        assert item["paused"]["reason"] == "migration"
+        assert item["paused"]["until"] is None
         resumed = time.time()
         code, out, _ = cli("resume", key, *address)
         assert code == 0

@@ -16,6 +16,10 @@ The kernel releases a dead process's ``flock`` at once, so:
 * indexes grow by two on every write, and a key whose recorded holder died reads one higher, so the
   index moves on a crash too and ``modify_index`` stays a fencing token across holders.
 
+Plain entries (``put``, for control records such as ``<key>#pause``) are state files without a lock;
+each write takes an index above every other in the directory, and a deletion leaves a tombstone with
+one, so the prefix watches see both.
+
 Followers learn of a release by looking at the lock file every 50 ms (a non-blocking shared-lock
 probe and a read of the small JSON file): negligible work on one host, and no blocking query exists
 for files. Lock files are never deleted: unlinking a held lock file would let a second process lock a
