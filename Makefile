@@ -20,7 +20,7 @@ WITH_REDIS = redis_bin=$$(scripts/get-redis) || { \
 	  echo "warning: no redis-server: the Celery tests on a Redis broker will be skipped" >&2; redis_bin=; }; \
 	export REDIS_BIN="$$redis_bin";
 
-.PHONY: demo test lint type check tox bench consul clean
+.PHONY: demo test faults lint type check tox bench consul clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(WITH_CONSUL) $(WITH_REDIS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every fault of tests/faults (make test runs only the CI set), FAULT_TRIALS trials each (3 by default);
+# FAULT_SET=name,name narrows it. The report: .faults/all/report.md and report.json, logs beside them.
+faults: $(STAMP)
+	@$(WITH_CONSUL) FAULT_SET="$${FAULT_SET:-all}" FAULT_TRIALS="$${FAULT_TRIALS:-3}" \
+	  $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

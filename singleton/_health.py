@@ -15,7 +15,9 @@ The rules, in order (every one that fails adds its reason):
 4. Each session that holds a key, by the latest news, had a successful renewal sent within its renewal
    interval (``ttl / 3``) plus ``tolerance`` (default: half the interval): late otherwise. With the
    defaults (ttl 15 s) that is 7.5 s, ahead of the 12 s lease, so a probe sees trouble before the
-   stop tokens fire; it stays unhealthy until a renewal lands or Consul says the session is gone.
+   stop tokens fire; it stays unhealthy until a renewal lands or Consul says the session is gone. In
+   fast-failover mode (``check_ttl``) the feeds of the session's health check are held to the same
+   rule, with the feed interval.
 """
 
 from __future__ import annotations
@@ -78,13 +80,14 @@ def check(elector: Elector, tolerance: float | None = None) -> Health:
         held = [c.key for c in campaigns if c.keeper is keeper and session is not None and c.held_by == session]
         if not held:
             continue
-        interval = keeper.spec.renew_interval
-        allowed = interval + (interval / 2 if tolerance is None else tolerance)
-        since = now - keeper.renewed_at
-        if since > allowed:
-            shown = ", ".join(repr(k) for k in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-            reasons.append(
-                f"no renewal of session {session} has succeeded for {since:.1f}s (one every {interval:.1f}s "
-                f"expected); it holds {shown}"
-            )
+        shown = ", ".join(repr(k) for k in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        proofs = [(f"renewal of session {session}", keeper.renewed_at, keeper.spec.renew_interval)]
+        if keeper.fast and keeper.spec.check_interval is not None:
+            proofs.append((f"feed of the health check {keeper.check_id}", keeper.fed_at, keeper.spec.check_interval))
+        for what, at, interval in proofs:
+            since = now - at
+            if since > interval + (interval / 2 if tolerance is None else tolerance):
+                reasons.append(
+                    f"no {what} has succeeded for {since:.1f}s (one every {interval:.1f}s expected); it holds {shown}"
+                )
     return Health(not reasons, tuple(reasons), leading)

@@ -1,27 +1,40 @@
 """The session keeper: one Consul session for every key with the same lease settings.
 
-It creates the session when a campaign of its group wants one, renews it every ``ttl / 3``, and keeps
-the *lease*: how long this process may act on the session's locks without hearing from Consul again.
-Each successful renewal moves the lease's deadline to ``lease`` seconds after the renewal was *sent*
-(:class:`~singleton.config.LeaseSpec` says why that is safe). It makes every call itself and tells what
-happened as a :class:`SessionEvent`; it knows nothing of keys or campaigns (the elector hands its events
-to them).
+It creates the session when a campaign of its group wants one, renews it, and keeps the *lease*: how
+long this process may act on the session's locks without hearing from Consul again. It makes every
+call itself and tells what happened as a :class:`SessionEvent`; it knows nothing of keys or campaigns
+(the elector hands its events to them).
+
+The lease, by the arithmetic of :class:`~singleton.config.LeaseSpec`:
+
+* each successful renewal proves the session until ``lease`` seconds after it was *sent*; renewals come
+  every ``ttl / 3``, and at least twice per lease;
+* in fast-failover mode (``check_ttl``) the session is linked to a TTL check of this process, which the
+  keeper feeds every ``check_ttl / 4``; each successful feed proves the check until ``3/4 x check_ttl``
+  after it was sent, before it can go critical. The lease ends at the earlier of the two. A feed proves
+  the check, not the session: the renewal's bound stays, and ``lease`` is then the short check lease, so
+  a session that Consul ended at once (a deregistered node) still cannot outlive its lock-delay here.
 
 Events, and what the elector does with them:
 
-* :class:`LeaseExpired`: no renewal landed within the lease: every term of the group ends.
-* :class:`SessionLost`: Consul no longer knows the session (a renewal or an attempt answered 404): every
-  term ends, and a new session is created at once.
+* :class:`LeaseExpired`: no renewal (or feed) landed within the lease: every term of the group ends.
+* :class:`SessionLost`: Consul no longer knows the session (a renewal or an attempt answered 404), or the
+  agent no longer holds the check: every term ends, and a new session (and check) is made at once.
 * :class:`SessionUnavailable`: the session could not be created (Consul down, ACL): campaigns that had no
   outcome yet are told why.
 * :class:`SessionReady`: a session was created, or the lease that had run out was renewed again (the
   session survived an outage): campaigns waiting for one may attempt now.
+
+Shutdown: :meth:`SessionKeeper.destroy` destroys the session, then deregisters the check (deregistering
+a linked check first would invalidate the session and start its lock-delay).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +43,7 @@ from singleton._log import RateLimitedLogger
 from singleton._stats import EngineStats
 from singleton.backends.base import Backend
 from singleton.config import LeaseSpec
-from singleton.errors import BackendError, SessionInvalidated
+from singleton.errors import BackendError, CheckNotFound, SessionInvalidated
 from singleton.token import Lease
 
 __all__ = [
@@ -44,6 +57,8 @@ __all__ = [
 
 _log = logging.getLogger("singleton.session")
 _NEVER = -math.inf
+#: The service name fast failover registers its checks under (an ACL rule names it).
+CHECK_SERVICE = "singleton"
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,10 @@ SessionEvent = LeaseExpired | SessionLost | SessionUnavailable | SessionReady
 
 
 class SessionKeeper:
-    """The session of one lease group. Only the election thread calls it; any thread may read it."""
+    """The session (and, in fast mode, the health check) of one lease group.
+
+    Only the election thread calls it; any thread may read it.
+    """
 
     def __init__(
         self,
@@ -97,14 +115,27 @@ class SessionKeeper:
         self.retry_at = _NEVER
         self._create = _retry.SESSION_CREATE.start(rng)
         self._renew = _retry.RENEW.start(rng, cap=spec.renew_interval)
-        #: The last error of a create or renew call; None once one succeeded.
+        #: The last error of a create, renew or feed call; None once one succeeded.
         self.error: BackendError | None = None
-        #: When the latest successful creation or renewal was sent (the health check's measure).
+        #: When the latest successful creation or renewal, and feed of the check, were sent (health).
         self.renewed_at = _NEVER
+        self.fed_at = _NEVER
         self.stats = stats if stats is not None else EngineStats()
+        self._renewed_until = _NEVER
+        # -- fast failover ----------------------------------------------------------------------
+        #: Whether the session is linked to a health check of this process (``check_ttl``).
+        self.fast = spec.check_ttl is not None and backend.supports_checks
+        tag = re.sub(r"[^A-Za-z0-9_.:-]", "-", name)[:200]
+        self.service_id = f"{CHECK_SERVICE}-{tag}-{uuid.uuid4().hex[:8]}"
+        self.check_id = f"{self.service_id}:ttl"
+        self._registered = False
+        self._fed_until = _NEVER
+        self.next_feed = _NEVER
+        self._feed = _retry.RENEW.start(rng, cap=spec.check_interval or spec.renew_interval)
 
     def __repr__(self) -> str:
-        return f"<SessionKeeper ttl={self.spec.ttl:g} session={self.id}>"
+        mode = f" check_ttl={self.spec.check_ttl:g}" if self.fast and self.spec.check_ttl else ""
+        return f"<SessionKeeper ttl={self.spec.ttl:g}{mode} session={self.id}>"
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -114,14 +145,14 @@ class SessionKeeper:
 
     @property
     def troubled(self) -> bool:
-        """The latest create or renew call failed."""
-        return self._create.failures > 0 or self._renew.failures > 0
+        """The latest create, renew or feed call failed."""
+        return self._create.failures > 0 or self._renew.failures > 0 or self._feed.failures > 0
 
     def due(self, now: float, *, wanted: bool, leading: bool) -> float:
-        """When the keeper next has something to do (a creation, a renewal, the lease's end)."""
+        """When the keeper next has something to do (a creation, a renewal, a feed, the lease's end)."""
         if self.id is None:
             return self.retry_at if wanted else math.inf
-        due = self.next_renew
+        due = min(self.next_renew, self.next_feed) if self.fast else self.next_renew
         if leading:
             due = min(due, self.lease.deadline)
         return due
@@ -129,38 +160,38 @@ class SessionKeeper:
     # -- doing ----------------------------------------------------------------------------------
 
     def tend(self, now: float, *, wanted: bool) -> list[SessionEvent]:
-        """Create the session if wanted and due, end the lease if it ran out, renew if due."""
+        """Create the session if wanted and due, end the lease if it ran out, feed and renew if due."""
         if self.id is None:
             if wanted and now >= self.retry_at:
                 return self._create_session()
             return []
         events: list[SessionEvent] = []
         if now >= self.lease.deadline and self.lease.deadline > _NEVER:
-            events.append(
-                LeaseExpired(
-                    f"no renewal reached Consul within the {self.spec.lease:g}s lease (ttl {self.spec.ttl:g}s "
-                    f"minus margin {self.spec.margin:g}s)"
-                )
-            )
+            what = "renewal or feed of the health check" if self.fast else "renewal"
+            events.append(LeaseExpired(f"no {what} reached Consul within the {self.spec.lease:g}s local lease"))
             self.lease = Lease(_NEVER)  # ran out: a later renewal starts a new one
-        if now >= self.next_renew:
+        return events + self.renew_if_due()
+
+    def renew_if_due(self) -> list[SessionEvent]:
+        """Feed the check and renew the session where due (also between attempts against a slow agent)."""
+        events: list[SessionEvent] = []
+        if self.fast and self.id is not None and self._clock() >= self.next_feed:
+            events += self._pass()
+        if self.id is not None and self._clock() >= self.next_renew:
             events += self.renew()
         return events
 
-    def renew_if_due(self) -> list[SessionEvent]:
-        """Renew now if a renewal is due (between acquisition attempts against a slow agent)."""
-        if self.id is not None and self._clock() >= self.next_renew:
-            return self.renew()
-        return []
-
     def _create_session(self) -> list[SessionEvent]:
-        sent = self._clock()
         try:
+            checks = self._ready_check()
+            sent = self._clock()
             session_id = self.backend.create_session(
-                name=self.name, ttl=self.spec.ttl, lock_delay=self.spec.lock_delay or 0.0
+                name=self.name, ttl=self.spec.ttl, lock_delay=self.spec.lock_delay or 0.0, checks=checks
             )
         except BackendError as exc:
             self.stats.count_error("create_session", exc)
+            if isinstance(exc, CheckNotFound):
+                self._registered = False  # register it again on the next try
             self.error = exc
             self.retry_at = self._clock() + self._create.next()
             return [SessionUnavailable(exc)]
@@ -173,9 +204,56 @@ class SessionKeeper:
         self.error = None
         self.id = session_id
         self.renewed_at = sent
-        self.lease = Lease(sent + self.spec.lease)
+        self._renewed_until = sent + self.spec.lease
+        self.lease = Lease(self._deadline())
         self.next_renew = sent + self.spec.renew_interval
         return [SessionReady(session_id)]
+
+    def _ready_check(self) -> list[str]:
+        """Fast mode: a passing check to link the new session to (registered, or fed, now)."""
+        if not self.fast:
+            return []
+        assert self.spec.check_ttl is not None
+        assert self.spec.check_interval is not None
+        sent = self._clock()
+        if self._registered:
+            self.backend.pass_check(self.check_id)
+        else:
+            self.backend.register_check(
+                self.check_id, service_id=self.service_id, name=CHECK_SERVICE, ttl=self.spec.check_ttl
+            )
+            self._registered = True  # registered passing: its TTL runs from now
+        self._fed(sent)
+        return [self.check_id]
+
+    def _fed(self, sent: float) -> None:
+        assert self.spec.check_lease is not None
+        assert self.spec.check_interval is not None
+        self._fed_until = sent + self.spec.check_lease
+        self.fed_at = sent
+        self.next_feed = sent + self.spec.check_interval
+
+    def _deadline(self) -> float:
+        return min(self._renewed_until, self._fed_until) if self.fast else self._renewed_until
+
+    def _extend(self) -> list[SessionEvent]:
+        """After a successful renewal or feed: move the lease on, or start a new one if it ran out."""
+        assert self.id is not None
+        now = self._clock()
+        deadline = self._deadline()
+        if now < self.lease.deadline:
+            self.lease.deadline = deadline
+            return []
+        # The lease ran out (before this answer came, or earlier): those terms are over for good; the
+        # elector ends them on LeaseExpired. A new lease starts from this proof, once both proofs hold.
+        events: list[SessionEvent] = []
+        if self.lease.deadline > _NEVER:
+            events.append(LeaseExpired("the local lease ran out before a renewal was answered"))
+            self.lease = Lease(_NEVER)
+        if deadline > now:
+            self.lease = Lease(deadline)
+            events.append(SessionReady(self.id))
+        return events
 
     def renew(self) -> list[SessionEvent]:
         assert self.id is not None
@@ -199,8 +277,7 @@ class SessionKeeper:
                 f"leadership ends in {remaining:.1f}s unless a renewal lands" if remaining > 0 else "retrying",
             )
             return []
-        now = self._clock()
-        self.stats.renewals.observe(max(0.0, now - sent))
+        self.stats.renewals.observe(max(0.0, self._clock() - sent))
         if self._renew.failures:
             _log.info("session %s renewed again after %d failed attempts", self.id, self._renew.failures)
             self._rlog.reset("renew")
@@ -208,17 +285,43 @@ class SessionKeeper:
         self.error = None
         self.renewed_at = sent
         self.next_renew = sent + self.spec.renew_interval
-        if now >= self.lease.deadline:
-            # The lease ran out before this renewal was answered: the old terms are over for good (the
-            # elector ends them on LeaseExpired); a new lease starts from this renewal.
-            expired = self.lease.deadline > _NEVER
-            self.lease = Lease(sent + self.spec.lease)
-            events: list[SessionEvent] = []
-            if expired:
-                events.append(LeaseExpired("the local lease ran out before a renewal was answered"))
-            return [*events, SessionReady(self.id)]
-        self.lease.deadline = sent + self.spec.lease
-        return []
+        self._renewed_until = sent + self.spec.lease
+        return self._extend()
+
+    def _pass(self) -> list[SessionEvent]:
+        """Feed the check (fast mode)."""
+        sent = self._clock()
+        try:
+            self.backend.pass_check(self.check_id)
+        except CheckNotFound as exc:
+            self.stats.count_error("feed_check", exc)
+            return [self._check_lost(exc)]
+        except BackendError as exc:
+            self.stats.count_error("feed_check", exc)
+            now = self._clock()
+            self.error = exc
+            self.next_feed = now + self._feed.next()
+            self._rlog.log(logging.WARNING, "feed", "feeding the health check failed (%s); retrying", exc)
+            return []
+        if self._feed.failures:
+            _log.info("health check %s fed again after %d failed attempts", self.check_id, self._feed.failures)
+            self._rlog.reset("feed")
+        self._feed.reset()
+        self._fed(sent)
+        return self._extend()
+
+    def _check_lost(self, exc: CheckNotFound) -> SessionLost:
+        """The agent no longer holds our check: its session is ending (or must): end it, start over."""
+        old, self._registered = self.id, False
+        if old is not None:
+            try:  # best effort: frees the keys at once (with the lock-delay) rather than after the TTL
+                self.backend.destroy_session(old)
+            except BackendError as error:
+                _log.debug("could not destroy session %s after losing its check: %s", old, error)
+        return self.forget(
+            f"{exc}: the agent was restarted without it, or the address reaches another agent each time "
+            "(point CONSUL_HTTP_ADDR at this host's own agent); its session ends with it"
+        )
 
     def forget(self, reason: str) -> SessionLost:
         """The session is gone (Consul said so): drop it and create a new one at once."""
@@ -226,15 +329,24 @@ class SessionKeeper:
         self.id = None
         self.lease = Lease(_NEVER)
         self.next_renew = _NEVER
+        self.next_feed = _NEVER
+        self._renewed_until = self._fed_until = _NEVER
         self.retry_at = self._clock()
         return SessionLost(reason)
 
     def destroy(self) -> None:
-        """Destroy the session (at shutdown, after the keys were released).
+        """At shutdown, after the keys were released: destroy the session, then deregister the check.
 
-        :raises BackendError: as :meth:`Backend.destroy_session`.
+        :raises BackendError: as :meth:`Backend.destroy_session` (then the check stays, and Consul reaps
+        it a minute after it goes critical).
         """
         session, self.id = self.id, None
         self.lease = Lease(_NEVER)
         if session is not None:
             self.backend.destroy_session(session)
+        if self._registered:
+            self._registered = False
+            try:
+                self.backend.deregister_check(self.service_id)
+            except BackendError as exc:
+                _log.warning("could not deregister the health check %s at shutdown: %s", self.check_id, exc)

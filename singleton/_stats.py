@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from singleton.errors import AccessDenied, BackendUnavailable, SessionInvalidated
+from singleton.errors import AccessDenied, BackendUnavailable, CheckNotFound, SessionInvalidated
 
 __all__ = ["RENEWAL_BUCKETS", "EngineStats", "Histogram", "error_kind"]
 
@@ -21,9 +21,11 @@ RENEWAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 def error_kind(exc: BaseException) -> str:
-    """``unavailable``, ``denied``, ``session_gone`` or ``other``: the label of a Consul error."""
+    """``unavailable``, ``denied``, ``session_gone``, ``check_gone`` or ``other``: a Consul error's label."""
     if isinstance(exc, SessionInvalidated):
         return "session_gone"
+    if isinstance(exc, CheckNotFound):
+        return "check_gone"
     if isinstance(exc, AccessDenied):
         return "denied"
     if isinstance(exc, BackendUnavailable):

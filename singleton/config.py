@@ -15,7 +15,8 @@ works needs nothing more:
 
 Our own settings use ``SINGLETON_*``: ``SINGLETON_BACKEND`` (``consul``, ``memory://`` or
 ``file:///dir``), ``SINGLETON_KEY_PREFIX``, ``SINGLETON_TTL``, ``SINGLETON_LOCK_DELAY``,
-``SINGLETON_MARGIN``, ``SINGLETON_HANDLE_SIGTERM`` (``false`` leaves SIGTERM alone).
+``SINGLETON_MARGIN``, ``SINGLETON_CHECK_TTL`` (fast failover), ``SINGLETON_HANDLE_SIGTERM`` (``false``
+leaves SIGTERM alone).
 
 Every field is checked where the settings are built, and every bad value raises
 :class:`~singleton.errors.ConfigurationError` naming the parameter, what it may be and the value given
@@ -413,6 +414,8 @@ class ConsulSettings:
 LOCK_DELAY_SAFETY = 0.5
 #: The longest local lease: one that the longest lock-delay Consul allows still outlasts.
 LEASE_MAX = LOCK_DELAY_MAX - LOCK_DELAY_SAFETY
+#: The shortest health-check TTL of fast failover.
+CHECK_TTL_MIN = 1.0
 
 
 def _fmt(seconds: float) -> str:
@@ -433,18 +436,28 @@ class LeaseSpec:
     the lock to anyone else through expiry. ``0 < margin < 2/3 * ttl``; default ``max(1, ttl/5)``. The
     session is renewed every ``ttl / 3``, and at least twice per lease.
 
+    ``check_ttl`` (fast failover, off unless set): the session is also linked to a TTL health check of
+    this process on its agent, fed every ``check_ttl / 4``; when the process stops feeding it (a crash),
+    Consul invalidates the session ``check_ttl`` later instead of after up to ``2 x ttl``. The lease then
+    also ends ``3/4 x check_ttl`` after the last successful feed was sent (before the check can go
+    critical), and is never longer than that after the last renewal either: a feed proves the check,
+    not the session, and Consul may end the session at any moment (see ``lock_delay``), so renewals
+    come at least twice per lease. ``1 <= check_ttl <= ttl / 2``.
+
     ``lock_delay``: after Consul invalidates the session, nobody may take its keys for this long. Consul
     can end a session *at once*, whatever its TTL: when it deregisters the session's node (its agent left
     the cluster gracefully, or an operator ran ``consul force-leave``). The holder may not hear of it (its
     agent is the one going away), and then only its lease ends its term: up to ``lease`` seconds after the
     last renewal, which the invalidation may have followed at once. So the lock-delay must outlast the
     lease: ``lock_delay >= lease + 0.5`` (:attr:`min_lock_delay`; that is why the lease is capped), up to
-    Consul's 60 s. A smaller value is refused. Default: 15 s, or :attr:`min_lock_delay` when more is needed.
+    Consul's 60 s. A smaller value is refused. Default: 15 s, or :attr:`min_lock_delay` when more is
+    needed; with ``check_ttl``, :attr:`min_lock_delay` (fast failover wants the smallest safe one).
     """
 
     ttl: float = DEFAULT_TTL
     lock_delay: float | None = None
     margin: float | None = None
+    check_ttl: float | None = None
     #: Which of lock_delay and margin were given rather than derived (not part of equality: two specs
     #: with the same values share one session).
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
@@ -466,28 +479,50 @@ class LeaseSpec:
                 f"range is 0 < margin < {limit:g} seconds, got {self.margin!r}"
             )
         object.__setattr__(self, "margin", margin)
-        needed = min(ttl - margin, LEASE_MAX) + LOCK_DELAY_SAFETY
+        check_ttl = self.check_ttl
+        if check_ttl is not None:
+            check_ttl = _number("check_ttl", check_ttl)
+            if not CHECK_TTL_MIN <= check_ttl <= ttl / 2:
+                raise ConfigurationError(
+                    f"check_ttl must be between {CHECK_TTL_MIN:g} and {ttl / 2:g} seconds (half the ttl: the "
+                    f"session's own TTL stays the backstop) for ttl={ttl:g}, got {self.check_ttl!r}"
+                )
+            object.__setattr__(self, "check_ttl", check_ttl)
+        needed = self.lease + LOCK_DELAY_SAFETY
         if self.lock_delay is None:
-            lock_delay = max(DEFAULT_LOCK_DELAY, needed)
+            lock_delay = needed if check_ttl is not None else max(DEFAULT_LOCK_DELAY, needed)
         else:
             lock_delay = check_range("lock_delay", self.lock_delay, LOCK_DELAY_MIN, LOCK_DELAY_MAX)
             given.add("lock_delay")
             if lock_delay < needed:
+                fast = f" and check_ttl={check_ttl:g}" if check_ttl is not None else ""
                 raise ConfigurationError(
-                    f"lock_delay must be between {_fmt(needed)} and {LOCK_DELAY_MAX:g} seconds for ttl={ttl:g} "
-                    f"and margin={margin:g}, got {self.lock_delay!r}: Consul ends a session at once when it "
+                    f"lock_delay must be between {_fmt(needed)} and {LOCK_DELAY_MAX:g} seconds for ttl={ttl:g}, "
+                    f"margin={margin:g}{fast}, got {self.lock_delay!r}: Consul ends a session at once when it "
                     "deregisters the session's node (an agent leaving, consul force-leave), and then only "
                     f"the lock-delay keeps another process from starting before this one's local lease "
-                    f"({_fmt(needed - LOCK_DELAY_SAFETY)}s) ran out"
+                    f"({_fmt(self.lease)}s) ran out"
                 )
         object.__setattr__(self, "lock_delay", lock_delay)
         object.__setattr__(self, "given", frozenset(given))
 
     @property
+    def check_lease(self) -> float | None:
+        """With ``check_ttl``: how long one successful feed of the check proves leadership (3/4 of it)."""
+        return None if self.check_ttl is None else self.check_ttl * 3 / 4
+
+    @property
+    def check_interval(self) -> float | None:
+        """With ``check_ttl``: how often the check is fed (three feeds per check lease)."""
+        return None if self.check_ttl is None else self.check_ttl / 4
+
+    @property
     def lease(self) -> float:
-        """Seconds of leadership a successful renewal buys, counted from when it was sent."""
+        """Seconds of leadership a successful renewal (and, in fast mode, feed) buys, from when it was sent."""
         assert self.margin is not None
-        return min(self.ttl - self.margin, LEASE_MAX)
+        lease = min(self.ttl - self.margin, LEASE_MAX)
+        check = self.check_lease
+        return lease if check is None else min(lease, check)
 
     @property
     def renew_interval(self) -> float:
@@ -503,7 +538,8 @@ class LeaseSpec:
         """This spec (the process defaults) with ``overrides`` applied.
 
         A ttl of its own gets a margin of its own (a margin is a part of its ttl) unless one is given
-        with it; a lock-delay the process settings gave (rather than derived) stays, and must fit.
+        with it; a lock-delay the process settings gave (rather than derived) stays, and must fit; the
+        process's check_ttl stays unless the key gives its own.
         """
         if overrides.empty:
             return self
@@ -513,9 +549,13 @@ class LeaseSpec:
         lock_delay = overrides.lock_delay
         if lock_delay is None and "lock_delay" in self.given:
             lock_delay = self.lock_delay
+        check_ttl = overrides.check_ttl if overrides.check_ttl is not None else self.check_ttl
         try:
             return LeaseSpec(
-                ttl=self.ttl if overrides.ttl is None else overrides.ttl, lock_delay=lock_delay, margin=margin
+                ttl=self.ttl if overrides.ttl is None else overrides.ttl,
+                lock_delay=lock_delay,
+                margin=margin,
+                check_ttl=check_ttl,
             )
         except ConfigurationError as exc:
             raise ConfigurationError(overrides.rename(str(exc))) from None
@@ -526,20 +566,21 @@ class LeaseOverrides:
     """Per-key changes to the process's lease settings, each checked on its own when made.
 
     Every entry point (``@leader_only``, the APScheduler store, ``singleton run``, the Django command, the
-    Go-compatible function) builds one with :meth:`checked`, under the names its user wrote (``--ttl``,
-    ``session_ttl``), so an error names what the user typed. How the values relate to each other and to
-    the process defaults is checked by :meth:`LeaseSpec.derive`, the one place that knows the rules; when
-    ``ttl`` is given, that happens at once.
+    Go-compatible function, the Celery scheduler) builds one with :meth:`checked`, under the names its
+    user wrote (``--ttl``, ``session_ttl``), so an error names what the user typed. How the values relate
+    to each other and to the process defaults is checked by :meth:`LeaseSpec.derive`, the one place that
+    knows the rules; when ``ttl`` is given, that happens at once.
     """
 
     ttl: float | None = None
     lock_delay: float | None = None
     margin: float | None = None
+    check_ttl: float | None = None
     names: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
-        return self.ttl is None and self.lock_delay is None and self.margin is None
+        return self.ttl is None and self.lock_delay is None and self.margin is None and self.check_ttl is None
 
     def rename(self, message: str) -> str:
         """``message`` with each setting's name replaced by what the user called it."""
@@ -554,12 +595,13 @@ class LeaseOverrides:
         ttl: object = None,
         lock_delay: object = None,
         margin: object = None,
+        check_ttl: object = None,
         names: Mapping[str, str] | None = None,
     ) -> LeaseOverrides:
         """The overrides as numbers within their ranges; with ``ttl``, checked together too.
 
-        ``margin`` is a part of a ttl, so it needs ``ttl`` in the same place. A ``lock_delay`` given
-        without ``ttl`` is checked against the lease when the key is registered.
+        ``margin`` is a part of a ttl, so it needs ``ttl`` in the same place. A ``lock_delay`` or a
+        ``check_ttl`` given without ``ttl`` is checked against the lease when the key is registered.
 
         :raises ConfigurationError: naming the setting as ``names`` maps it, with its allowed range.
         """
@@ -571,14 +613,17 @@ class LeaseOverrides:
                 None if lock_delay is None else check_range("lock_delay", lock_delay, LOCK_DELAY_MIN, LOCK_DELAY_MAX)
             )
             checked_margin = None if margin is None else _number("margin", margin)
+            checked_check = (
+                None if check_ttl is None else check_range("check_ttl", check_ttl, CHECK_TTL_MIN, TTL_MAX / 2)
+            )
             if checked_margin is not None and checked_ttl is None:
                 raise ConfigurationError(
                     f"margin={margin!r} needs ttl in the same place: the margin is a part of the ttl "
                     "(give both, or neither)"
                 )
-            overrides = cls(checked_ttl, checked_delay, checked_margin, shown)
+            overrides = cls(checked_ttl, checked_delay, checked_margin, checked_check, shown)
             if checked_ttl is not None:
-                LeaseSpec(ttl=checked_ttl, lock_delay=checked_delay, margin=checked_margin)
+                LeaseSpec(ttl=checked_ttl, lock_delay=checked_delay, margin=checked_margin, check_ttl=checked_check)
         except ConfigurationError as exc:
             raise ConfigurationError(probe.rename(str(exc))) from None
         return overrides
@@ -702,10 +747,15 @@ class Settings:
         return full
 
     def lease_for(
-        self, ttl: float | None = None, lock_delay: float | None = None, margin: float | None = None
+        self,
+        ttl: float | None = None,
+        lock_delay: float | None = None,
+        margin: float | None = None,
+        check_ttl: float | None = None,
     ) -> LeaseSpec:
-        """The process defaults with any of ``ttl``, ``lock_delay``, ``margin`` overridden (see LeaseSpec.derive)."""
-        return self.lease.derive(LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin))
+        """The process defaults with any of the lease settings overridden (see LeaseSpec.derive)."""
+        overrides = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin, check_ttl=check_ttl)
+        return self.lease.derive(overrides)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -719,7 +769,7 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         own = {f.name for f in dataclasses.fields(cls)}
-        lease_names = {"ttl", "lock_delay", "margin"}
+        lease_names = {"ttl", "lock_delay", "margin", "check_ttl"}
         consul_names = {f.name for f in dataclasses.fields(ConsulSettings)} | {"address"}
         unknown = set(overrides) - own - lease_names - consul_names
         if unknown:

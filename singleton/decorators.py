@@ -313,9 +313,7 @@ class _Options(Generic[T]):
     def __init__(
         self,
         key: str | None,
-        ttl: float | None,
-        lock_delay: float | None,
-        margin: float | None,
+        lease: LeaseOverrides,
         default: Any,
         on_follower: str,
         startup_timeout: float | None,
@@ -330,8 +328,8 @@ class _Options(Generic[T]):
         if elector is not None and not isinstance(elector, Elector):
             raise ConfigurationError(f"elector must be an Elector, got {elector!r}")
         self.key = key
-        # Checked now, at decoration time; how they fit the process defaults is checked at the first call.
-        self.lease = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin)
+        # Checked at decoration time; how they fit the process defaults is checked at the first call.
+        self.lease = lease
         self.default = default
         self.on_follower = on_follower
         self.startup_timeout = startup_timeout
@@ -357,6 +355,7 @@ def leader_only(
     ttl: float | None = None,
     lock_delay: float | None = None,
     margin: float | None = None,
+    check_ttl: float | None = None,
     default: None = None,
     on_follower: Literal["skip"] = "skip",
     startup_timeout: float | None = None,
@@ -373,6 +372,7 @@ def leader_only(
     ttl: float | None = None,
     lock_delay: float | None = None,
     margin: float | None = None,
+    check_ttl: float | None = None,
     default: D,
     on_follower: Literal["skip"] = "skip",
     startup_timeout: float | None = None,
@@ -389,6 +389,7 @@ def leader_only(
     ttl: float | None = None,
     lock_delay: float | None = None,
     margin: float | None = None,
+    check_ttl: float | None = None,
     default: object = None,
     on_follower: Literal["raise"],
     startup_timeout: float | None = None,
@@ -404,6 +405,7 @@ def leader_only(
     ttl: float | None = None,
     lock_delay: float | None = None,
     margin: float | None = None,
+    check_ttl: float | None = None,
     default: Any = None,
     on_follower: Literal["skip", "raise"] = "skip",
     startup_timeout: float | None = None,
@@ -413,15 +415,24 @@ def leader_only(
 
     :param key: the Consul key (under the configured ``key_prefix``); default ``module.qualname``.
     :param ttl: session TTL, 10..86400 s; default the process setting (15 s).
-    :param lock_delay: 0..60 s; default the process setting (15 s).
+    :param lock_delay: at least the local lease + 0.5 s, at most 60 s; default the process setting.
     :param margin: the local lease is ``ttl - margin``; ``0 < margin < 2/3 ttl``; default ``max(1, ttl/5)``.
+    :param check_ttl: fast failover: 1..ttl/2 s; a crashed holder is replaced about ``check_ttl +
+        lock_delay`` later instead of after up to ``2 x ttl``; off by default (the process setting).
     :param default: what a call returns where the body does not run.
     :param on_follower: ``"skip"`` (return ``default``) or ``"raise"`` (:class:`NotLeader`).
     :param startup_timeout: how long the first call waits for the first acquisition attempt.
     :param elector: an :class:`Elector` of your own instead of the process-wide one.
     :raises ConfigurationError: at decoration time, for any bad option.
     """
-    options: _Options[Any] = _Options(key, ttl, lock_delay, margin, default, on_follower, startup_timeout, elector)
+    options: _Options[Any] = _Options(
+        key,
+        LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin, check_ttl=check_ttl),
+        default,
+        on_follower,
+        startup_timeout,
+        elector,
+    )
     if func is None:
         return lambda f: _decorate(f, options)
     return _decorate(func, options)

@@ -554,20 +554,21 @@ class Elector:
         ttl: float | None = None,
         lock_delay: float | None = None,
         margin: float | None = None,
+        check_ttl: float | None = None,
         overrides: LeaseOverrides | None = None,
         start: bool = True,
     ) -> Election:
         """Campaign for ``key`` (idempotent). The first attempt is made at once by the election thread.
 
         The lease settings are the process's, changed by ``overrides`` (or ``ttl``, ``lock_delay``,
-        ``margin``): see :meth:`LeaseSpec.derive`.
+        ``margin``, ``check_ttl``): see :meth:`LeaseSpec.derive`.
 
         :raises ConfigurationError: a bad key or lease setting, or ``key`` already registered with
             different lease settings.
         """
         full_key = self.settings.full_key(key)
         if overrides is None:
-            overrides = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin)
+            overrides = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin, check_ttl=check_ttl)
         spec = self.settings.lease.derive(overrides)
         with self._lock:
             if self._closed:
@@ -738,13 +739,11 @@ class Elector:
             except BackendError as exc:
                 _log.warning("could not release %r at shutdown: %s", campaign.key, exc)
         for group in list(self._groups.values()):
-            if group.keeper.id is None:
-                continue
             if unreachable is not None:
                 group.keeper.id = None
                 continue
             try:
-                group.keeper.destroy()
+                group.keeper.destroy()  # the session, then its health check (fast failover)
             except BackendUnavailable as exc:
                 unreachable = exc
             except BackendError as exc:

@@ -9,7 +9,8 @@
     └── BackendError                      the lock service failed; the message says which call
         ├── BackendUnavailable (ConnectionError)   unreachable, timed out, no cluster leader, 5xx
         ├── AccessDenied (PermissionError)         an ACL denied the call; names the rule needed
-        └── SessionInvalidated                     the session is gone (expired, destroyed)
+        ├── SessionInvalidated                     the session is gone (expired, destroyed)
+        └── CheckNotFound                          the agent does not hold our health check (fast failover)
 
 Errors of the HTTP layer (``socket``, ``ssl``, ``http.client``) and Consul's refusals are translated
 into these in ``singleton.backends.consul`` and its ``_http`` module and nowhere else, always
@@ -25,6 +26,7 @@ __all__ = [
     "AccessDenied",
     "BackendError",
     "BackendUnavailable",
+    "CheckNotFound",
     "ConfigurationError",
     "LeadershipLost",
     "NotLeader",
@@ -79,3 +81,8 @@ class AccessDenied(BackendError, PermissionError):
 
 class SessionInvalidated(BackendError):
     """The session no longer exists: its TTL ran out, or it was destroyed (by us or by an operator)."""
+
+
+class CheckNotFound(BackendError):
+    """The agent does not hold the health check this process registered (fast failover): the agent was
+    restarted without it, or the address reaches another agent each time (a load-balanced pool)."""

@@ -42,7 +42,10 @@ How the Go parameters map
 The lock-delay is Consul's default, 15 seconds, as the Go package's sessions had, raised (with a log
 line) to the smallest safe value when ``session_ttl`` needs more: the lock-delay must outlast the local
 lease (see :class:`~singleton.config.LeaseSpec`). ``lock_delay=`` sets it; a value too short for the
-lease is refused. The session is created with ``behavior=release``.
+lease is refused. The session is created with ``behavior=release``. ``check_ttl=`` (fast failover, off
+by default) links the session to a TTL health check of this process, so that a crashed holder is
+replaced about ``check_ttl + lock_delay`` later instead of after up to ``2 x session_ttl``; the
+lock-delay is then the smallest safe one unless given.
 
 What happens when
 -----------------
@@ -215,6 +218,7 @@ def maybe_acquire_leadership(
     job: DoJob | Callable[[threading.Event, threading.Event], object],
     *,
     lock_delay: float | None = None,
+    check_ttl: float | None = None,
     grace: float = DEFAULT_GRACE,
 ) -> LeadershipOutcome:
     """Acquire ``leader_key`` and run ``job`` while holding it: Go's ``election_api.MaybeAcquireLeadership``.
@@ -237,7 +241,7 @@ def maybe_acquire_leadership(
     if not isinstance(exit_on_lock_found, bool):
         raise ConfigurationError(f"exit_on_lock_found must be True or False, got {exit_on_lock_found!r}")
     run_job = _job_callable(job)
-    lease = _lease(session_ttl, lock_delay)
+    lease = _lease(session_ttl, lock_delay, check_ttl)
     grace = check_range("grace", grace, 0.0, 3600.0)
     settings = Settings(
         consul=consul_settings,
@@ -296,7 +300,7 @@ def maybe_acquire_leadership(
     return outcome
 
 
-def _lease(session_ttl: object, lock_delay: object) -> LeaseSpec:
+def _lease(session_ttl: object, lock_delay: object, check_ttl: object = None) -> LeaseSpec:
     """The lease of Go's session: ``session_ttl``, and Consul's default lock-delay (15 s) unless given.
 
     The default is raised, with a log line, when the lease needs a longer one (see LeaseSpec); a
@@ -304,10 +308,10 @@ def _lease(session_ttl: object, lock_delay: object) -> LeaseSpec:
     """
     names = {"ttl": "session_ttl"}
     if lock_delay is not None:
-        overrides = LeaseOverrides.checked(ttl=session_ttl, lock_delay=lock_delay, names=names)
+        overrides = LeaseOverrides.checked(ttl=session_ttl, lock_delay=lock_delay, check_ttl=check_ttl, names=names)
         return Settings().lease.derive(overrides)
-    spec = Settings().lease.derive(LeaseOverrides.checked(ttl=session_ttl, names=names))
-    if spec.lock_delay is not None and spec.lock_delay > DEFAULT_LOCK_DELAY:
+    spec = Settings().lease.derive(LeaseOverrides.checked(ttl=session_ttl, check_ttl=check_ttl, names=names))
+    if spec.check_ttl is None and spec.lock_delay is not None and spec.lock_delay > DEFAULT_LOCK_DELAY:
         _log.info(
             "session_ttl=%g: the lock-delay is %gs instead of Consul's default %gs, so that it outlasts the "
             "local lease (%gs) when Consul ends the session early",

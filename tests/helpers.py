@@ -8,7 +8,7 @@ import random
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,25 @@ class Partitionable(Backend):
         if self.partitioned:
             raise BackendUnavailable("partitioned from the backend")
 
-    def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
+    @property
+    def supports_checks(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_checks
+
+    def create_session(self, *, name: str, ttl: float, lock_delay: float, checks: Sequence[str] = ()) -> str:
         self._check()
-        return self.inner.create_session(name=name, ttl=ttl, lock_delay=lock_delay)
+        return self.inner.create_session(name=name, ttl=ttl, lock_delay=lock_delay, checks=checks)
+
+    def register_check(self, check_id: str, *, service_id: str, name: str, ttl: float) -> None:
+        self._check()
+        self.inner.register_check(check_id, service_id=service_id, name=name, ttl=ttl)
+
+    def pass_check(self, check_id: str) -> None:
+        self._check()
+        self.inner.pass_check(check_id)
+
+    def deregister_check(self, service_id: str) -> None:
+        self._check()
+        self.inner.deregister_check(service_id)
 
     def renew_session(self, session_id: str) -> None:
         self._check()
@@ -103,6 +119,7 @@ def memory_elector(
     ttl: float = 15,
     lock_delay: float | None = None,
     margin: float | None = None,
+    check_ttl: float | None = None,
     inline: bool = True,
     wall_clock: Callable[[], float] = time.time,
     **settings: object,
@@ -110,7 +127,7 @@ def memory_elector(
     """An elector on ``backend``: inline (driven by step(), for fake clocks) or threaded."""
     config = Settings(
         backend="memory://",
-        lease=LeaseSpec(ttl=ttl, lock_delay=lock_delay, margin=margin),
+        lease=LeaseSpec(ttl=ttl, lock_delay=lock_delay, margin=margin, check_ttl=check_ttl),
         identity=identity,
         **settings,  # type: ignore[arg-type]
     )

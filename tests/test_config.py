@@ -181,7 +181,9 @@ def test_lease_defaults() -> None:
 def test_the_lock_delay_must_outlast_the_lease() -> None:
     assert LeaseSpec(ttl=10).min_lock_delay == 8.5
     assert LeaseSpec(ttl=10, lock_delay=8.5).lock_delay == 8.5
-    with pytest.raises(ConfigurationError, match=r"lock_delay must be between 8.5 and 60 seconds for ttl=10 .*got 1"):
+    with pytest.raises(
+        ConfigurationError, match=r"lock_delay must be between 8.5 and 60 seconds for ttl=10, margin=2, got 1"
+    ):
         LeaseSpec(ttl=10, lock_delay=1)
     with pytest.raises(ConfigurationError, match="deregisters the session's node"):
         LeaseSpec(ttl=15, lock_delay=12)

@@ -76,7 +76,12 @@ def test_a_scrape_shows_the_leaders_gauge_move_on_failover(
         return values
 
     try:
-        wait_until(lambda: sorted(v or 0 for v in gauges()) == [0, 1], 30, "one leader and one follower")
+
+        def settled() -> bool:
+            values = gauges()
+            return None not in values and sorted(v or 0 for v in values) == [0, 1]
+
+        wait_until(settled, 30, "one leader and one follower, both serving")
         leader = gauges().index(1)
         follower = 1 - leader
         before = scrape(ports[follower])

@@ -733,3 +733,96 @@ def test_status_names_the_phase_and_the_next_attempt(backend: MemoryBackend, clo
     a.step()
     assert election.status().phase == "leading"
     assert election.status().next_attempt_in is None
+
+
+# -- fast failover: a health check of the process linked to its session ----------------------------
+
+
+def test_fast_mode_links_a_fed_check_and_leases_by_both_proofs(backend: MemoryBackend, clock: FakeClock) -> None:
+    a = memory_elector(backend, clock, ttl=10, check_ttl=2)
+    election = a.register(KEY)
+    a.step()
+    assert election.is_leader
+    spec = election.spec
+    assert (spec.check_lease, spec.check_interval, spec.lease, spec.lock_delay) == (1.5, 0.5, 1.5, 2.0)
+    assert backend.calls["register_check"] == 1
+    assert election.status().lease_remaining == pytest.approx(1.5), "the check's lease, the shorter one"
+    for _ in range(40):  # 4 s: the check is fed every 0.5 s, the session renewed every 0.75 s
+        clock.advance(0.1)
+        a.step()
+    assert election.is_leader
+    assert 7 <= backend.calls["pass_check"] <= 9
+    assert 5 <= backend.calls["renew_session"] <= 6
+
+
+def test_fast_mode_a_crashed_holder_is_replaced_after_check_ttl_and_lock_delay(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    a, b, link = two_nodes(backend, clock, ttl=10, check_ttl=2)
+    ea = a.register(KEY)
+    a.step()
+    eb = b.register(KEY)
+    b.step()
+    token = ea.token
+    assert token is not None
+    link.partitioned = True  # the holder stops feeding its check, as a dead process would
+    stopped_at = clock.now
+    fired_at = taken_at = None
+    for _ in range(200):
+        clock.advance(0.05)
+        if fired_at is None and token.stopped:
+            fired_at = clock.now
+        a.step()
+        b.step()
+        if eb.is_leader:
+            taken_at = clock.now
+            break
+    assert fired_at is not None
+    assert taken_at is not None
+    # Critical 2 s after the last feed (sent at most 0.5 s before the stop), then the 2 s lock-delay.
+    assert 3.4 <= taken_at - stopped_at <= 4.2, taken_at - stopped_at
+    assert taken_at - fired_at >= 2.0, "the token fired before the check could go critical, a lock-delay ahead"
+
+
+def test_fast_mode_an_agent_that_lost_the_check_ends_the_term_and_registers_it_again(
+    backend: MemoryBackend, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = memory_elector(backend, clock, ttl=10, check_ttl=2)
+    election = a.register(KEY)
+    a.step()
+    token = election.token
+    assert token is not None
+    backend.drop_checks()  # as an agent restarted without the checks registered through its API
+    for _ in range(100):
+        clock.advance(0.05)
+        a.step()
+        if token.stopped and election.is_leader:
+            break
+    assert token.stopped
+    assert election.is_leader, "registered again, and leading again after the lock-delay"
+    assert backend.calls["register_check"] == 2
+    assert any("does not hold the health check" in r.getMessage() for r in caplog.records)
+
+
+def test_fast_mode_shutdown_destroys_the_session_before_it_deregisters_the_check(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
+    a = memory_elector(backend, clock, ttl=10, check_ttl=2)
+    a.register(KEY)
+    a.step()
+    order: list[str] = []
+    original_destroy, original_deregister = backend.destroy_session, backend.deregister_check
+
+    def destroy(session_id: str) -> None:
+        order.append("destroy")
+        original_destroy(session_id)
+
+    def deregister(service_id: str) -> None:
+        order.append("deregister")
+        original_deregister(service_id)
+
+    backend.destroy_session = destroy  # type: ignore[method-assign]
+    backend.deregister_check = deregister  # type: ignore[method-assign]
+    a.close(grace=0)
+    assert order == ["destroy", "deregister"]
+    assert backend.calls["release"] == 1, "and the key was released before both"

@@ -34,18 +34,20 @@ def main() -> int:
     parser.add_argument("--log", required=True)
     parser.add_argument("--ttl", type=float, default=10)
     parser.add_argument("--lock-delay", type=float, default=None, help="default: the smallest safe one")
+    parser.add_argument("--check-ttl", type=float, default=None, help="fast failover")
     parser.add_argument("--mode", choices=["short", "long"], default="short")
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--job-seconds", type=float, default=0.0)
     parser.add_argument("--metrics-port", type=int, help="serve the Prometheus metrics on this port")
     args = parser.parse_args()
     if args.lock_delay is None:
-        args.lock_delay = LeaseSpec(ttl=args.ttl).min_lock_delay
+        args.lock_delay = LeaseSpec(ttl=args.ttl, check_ttl=args.check_ttl).min_lock_delay
+    lease = {"ttl": args.ttl, "lock_delay": args.lock_delay, "check_ttl": args.check_ttl}
 
     if args.backend:
-        singleton.configure(backend=args.backend, ttl=args.ttl, lock_delay=args.lock_delay)
+        singleton.configure(backend=args.backend, **lease)
     else:
-        singleton.configure(address=args.addr, ttl=args.ttl, lock_delay=args.lock_delay, timeout=2)
+        singleton.configure(address=args.addr, timeout=2, **lease)
     fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -64,7 +66,11 @@ def main() -> int:
         log(f"start {stop_token.fence}")
         if args.mode == "long":
             stop_token.wait()
-            log(f"stopped {stop_token.reason}")
+            # When the local lease ended, on the wall clock: a process frozen (SIGSTOP) past it logs
+            # this only once it runs again, but its leadership ended then.
+            deadline = stop_token.lease_deadline
+            ended = time.time() - (time.monotonic() - deadline) if deadline is not None else time.time()
+            log(f"stopped {ended:.6f} {stop_token.cause.value if stop_token.cause else '-'} {stop_token.reason}")
         elif args.job_seconds:
             stop_token.wait(args.job_seconds)
         log(f"end {stop_token.fence}")

@@ -19,12 +19,14 @@ Methods may be called from several threads at once (the election thread and the 
 They raise only :class:`~singleton.errors.BackendError` subclasses:
 :class:`~singleton.errors.BackendUnavailable` when the service cannot answer now (try again later),
 :class:`~singleton.errors.AccessDenied` when an ACL forbids the call (retrying will not help),
-:class:`~singleton.errors.SessionInvalidated` when the session given no longer exists.
+:class:`~singleton.errors.SessionInvalidated` when the session given no longer exists,
+:class:`~singleton.errors.CheckNotFound` when a health check of ours is not where it was registered.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -97,12 +99,21 @@ class Backend(abc.ABC):
         """Where this backend points, for messages (never includes a secret)."""
         return self.name
 
+    #: Whether a session can be linked to a health check of this process (fast failover, ``check_ttl``):
+    #: :meth:`register_check`, :meth:`pass_check`, :meth:`deregister_check` and ``checks=``. Where it
+    #: cannot, ``check_ttl`` is ignored (a lock file is freed at once when its process dies anyway).
+    supports_checks: bool = False
+
     @abc.abstractmethod
-    def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
+    def create_session(self, *, name: str, ttl: float, lock_delay: float, checks: Sequence[str] = ()) -> str:
         """Create a session and return its ID. Its TTL starts when the backend receives the call.
+
+        ``checks``: health checks (IDs from :meth:`register_check`) the session depends on: when one goes
+        critical or is deregistered, the session is invalidated at once (with its lock-delay).
 
         :raises BackendUnavailable: the service cannot answer now
         :raises AccessDenied: the ACL token may not create sessions
+        :raises CheckNotFound: a check named is unknown, or critical already
         """
 
     @abc.abstractmethod
@@ -209,6 +220,36 @@ class Backend(abc.ABC):
         :raises BackendUnavailable: the service cannot answer now
         :raises AccessDenied: the ACL token may not read them
         """
+
+    def register_check(self, check_id: str, *, service_id: str, name: str, ttl: float) -> None:
+        """Register a service of this process with a TTL health check ``check_id``, passing from now.
+
+        The service is reaped by the backend once its check has been critical for a while (so a crashed
+        process leaves nothing behind). Only where :attr:`supports_checks`.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not register services
+        """
+        raise NotImplementedError(f"the {self.name} backend has no health checks")
+
+    def pass_check(self, check_id: str) -> None:
+        """Mark the check passing: its TTL starts again when the backend receives the call.
+
+        :raises CheckNotFound: the agent does not hold the check (restarted without it, or another agent)
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not update the check
+        """
+        raise NotImplementedError(f"the {self.name} backend has no health checks")
+
+    def deregister_check(self, service_id: str) -> None:
+        """Deregister the service of :meth:`register_check` and its check (sessions linked to it end).
+
+        A missing service is fine.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not deregister it
+        """
+        raise NotImplementedError(f"the {self.name} backend has no health checks")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release network resources. The backend is not used afterwards."""

@@ -7,12 +7,17 @@ module installed beside, py-consul or python-consul2, is never imported).
 * **Deadlines.** A call that is not a blocking query ends within ``ConsulSettings.timeout``, connect
   to last byte. A blocking query's deadline is that plus its wait plus wait/16, the most jitter
   Consul adds to a wait.
-* **Sessions** are created with ``Behavior=release`` and no health checks at all (``Checks`` and
-  ``NodeChecks`` empty, so not even the node's ``serfHealth``): only their TTL, or an explicit
-  destroy, invalidates them, so Consul's TTL contract (never before the TTL) is what the holder's
-  lease is measured against. TTL and lock-delay are sent exactly, in milliseconds where a whole
-  number of seconds does not fit ("8500ms"), rounded up, never down: a lock-delay shorter than the
-  one the engine's arithmetic assumes would let a new holder in too early.
+* **Sessions** are created with ``Behavior=release`` and no node checks (``NodeChecks`` empty, so not
+  even the node's ``serfHealth``, which could end a session whenever Consul sees the node as failed).
+  In fast-failover mode the session lists the process's own TTL check in ``ServiceChecks`` (1.8.7
+  ignores the legacy ``Checks`` when ``NodeChecks`` is given): Consul invalidates it as soon as that
+  check goes critical or is deregistered. TTL and lock-delay are sent exactly, in milliseconds where a
+  whole number of seconds does not fit ("8500ms"), rounded up, never down: a lock-delay shorter than
+  the one the engine's arithmetic assumes would let a new holder in too early.
+* **Health checks** (fast failover) are registered with the agent as a service ``singleton`` with one
+  TTL check, ``DeregisterCriticalServiceAfter`` one minute (Consul's shortest) so that a crashed
+  process's registration is reaped; fed with ``/v1/agent/check/pass``. An agent that does not hold the
+  check answers "does not have associated TTL": :class:`~singleton.errors.CheckNotFound`.
 * **Acquire** is one ``/v1/txn`` round trip: the KV verbs ``lock`` then ``get``, so a success
   returns the entry with its ModifyIndex (the fence) at once. A refused lock (the txn's 409, "lock
   is already held" or "due to lock delay") is followed by a plain read, to say who holds the key.
@@ -40,12 +45,14 @@ from typing import Any
 from singleton.backends._http import MAX_ANSWER_BYTES, Answer, HttpClient, excerpt
 from singleton.backends.base import Acquisition, Backend, KeyInfo, SessionInfo
 from singleton.config import ConsulSettings
-from singleton.errors import AccessDenied, BackendError, BackendUnavailable, SessionInvalidated
+from singleton.errors import AccessDenied, BackendError, BackendUnavailable, CheckNotFound, SessionInvalidated
 
 __all__ = ["ConsulBackend"]
 
 _SESSION_RULE = 'session_prefix "" { policy = "write" }'
 _SESSION_READ_RULE = 'session_prefix "" { policy = "read" }'
+#: How long Consul keeps a crashed process's service once its check is critical (Consul's shortest).
+_REAP_AFTER = "1m"
 _TOKEN_HINT = "check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE"
 
 
@@ -218,10 +225,13 @@ class ConsulBackend(Backend):
 
     # -- sessions ----------------------------------------------------------------------------------
 
-    def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
+    supports_checks = True
+
+    def create_session(self, *, name: str, ttl: float, lock_delay: float, checks: Sequence[str] = ()) -> str:
         what = "creating a session"
-        # No health checks: with the node's serfHealth a session could be invalidated before its
-        # TTL (a node seen as failed), and the holder's lease would no longer end first.
+        # No node checks: with the node's serfHealth a session could be invalidated before its TTL (a
+        # node seen as failed), and the holder's lease would no longer end first. Our own checks, if
+        # any, are service checks (fast failover).
         body = {
             "Name": name,
             "TTL": go_duration(ttl),
@@ -229,8 +239,13 @@ class ConsulBackend(Backend):
             "Behavior": "release",
             "Checks": [],
             "NodeChecks": [],
+            "ServiceChecks": [{"ID": check} for check in checks],
         }
         answer = self._request("PUT", "/v1/session/create", what=what, body=json.dumps(body).encode())
+        if answer.status == 500 and checks and answer.content_type != "text/html":
+            text = answer.body.decode("utf-8", "replace")
+            if "missing check" in text.lower() or "critical state" in text.lower():
+                raise CheckNotFound(f"{what}: the agent {self._excerpt(text)} (the health check of fast failover)")
         self._expect(answer, what, _SESSION_RULE)
         data = self._json(answer, what)
         if not isinstance(data, dict) or not isinstance(data.get("ID"), str) or not data["ID"]:
@@ -279,6 +294,40 @@ class ConsulBackend(Backend):
             )
         except _NotConsul as exc:
             raise self._not_consul(what, str(exc)) from exc
+
+    # -- health checks (fast failover) -----------------------------------------------------------
+
+    def register_check(self, check_id: str, *, service_id: str, name: str, ttl: float) -> None:
+        what = f"registering the health check {check_id}"
+        body = {
+            "ID": service_id,
+            "Name": name,
+            "Check": {
+                "CheckID": check_id,
+                "Name": f"lease of {service_id}",
+                "TTL": go_duration(ttl),
+                "DeregisterCriticalServiceAfter": _REAP_AFTER,
+                "Status": "passing",
+            },
+        }
+        answer = self._request("PUT", "/v1/agent/service/register", what=what, body=json.dumps(body).encode())
+        self._expect(answer, what, _service_rule(name))
+
+    def pass_check(self, check_id: str) -> None:
+        what = f"feeding the health check {check_id}"
+        answer = self._request("PUT", f"/v1/agent/check/pass/{_segment(check_id)}", what=what, idempotent=True)
+        if answer.status in (404, 500) and answer.content_type != "text/html":
+            text = answer.body.decode("utf-8", "replace").lower()
+            if "does not have associated ttl" in text or "unknown check" in text:
+                raise CheckNotFound(f"the agent at {self._settings.address} does not hold the health check {check_id}")
+        self._expect(answer, what, _service_rule("singleton"))
+
+    def deregister_check(self, service_id: str) -> None:
+        what = f"deregistering the service {service_id}"
+        answer = self._request(
+            "PUT", f"/v1/agent/service/deregister/{_segment(service_id)}", what=what, idempotent=True
+        )
+        self._expect(answer, what, _service_rule("singleton"))
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -422,6 +471,10 @@ class ConsulBackend(Backend):
 
     def after_fork_in_child(self) -> None:
         self._http.after_fork_in_child()
+
+
+def _service_rule(name: str) -> str:
+    return f'service "{name}" {{ policy = "write" }}'
 
 
 def _key_path(key: str) -> str:

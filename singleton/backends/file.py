@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ class FileBackend(Backend):
 
     # -- the contract -----------------------------------------------------------------------------
 
-    def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
+    def create_session(self, *, name: str, ttl: float, lock_delay: float, checks: Sequence[str] = ()) -> str:
         self._ensure_directory()
         session_id = str(uuid.uuid4())
         with self._lock:

@@ -22,11 +22,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from singleton.backends.base import Acquisition, Backend, KeyInfo, SessionInfo
-from singleton.errors import BackendUnavailable, SessionInvalidated
+from singleton.errors import BackendUnavailable, CheckNotFound, SessionInvalidated
 
 __all__ = ["MemoryBackend"]
 
@@ -35,12 +35,21 @@ __all__ = ["MemoryBackend"]
 class _Session:
     info: SessionInfo
     expires_at: float
+    checks: tuple[str, ...] = ()
+
+
+@dataclass
+class _Check:
+    service_id: str
+    ttl: float
+    critical_at: float
 
 
 class MemoryBackend(Backend):
     """Consul's sessions and KV locks, in memory. Thread-safe."""
 
     name = "memory"
+    supports_checks = True
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, expiry_factor: float = 1.0) -> None:
         if not 1.0 <= expiry_factor <= 2.0:
@@ -56,6 +65,7 @@ class MemoryBackend(Backend):
         self._keys: dict[str, KeyInfo] = {}
         self._tombstones: dict[str, int] = {}
         self._delays: dict[str, float] = {}
+        self._checks: dict[str, _Check] = {}
 
     # -- bookkeeping (called with the condition held) -------------------------------------------
 
@@ -73,7 +83,8 @@ class MemoryBackend(Backend):
         return self._index
 
     def _expire(self, now: float) -> None:
-        for session_id in [sid for sid, s in self._sessions.items() if s.expires_at <= now]:
+        critical = {cid for cid, check in self._checks.items() if check.critical_at <= now}
+        for session_id in [sid for sid, s in self._sessions.items() if s.expires_at <= now or critical & set(s.checks)]:
             self._invalidate(session_id, now)
 
     def _invalidate(self, session_id: str, now: float) -> None:
@@ -100,15 +111,37 @@ class MemoryBackend(Backend):
 
     # -- the contract -----------------------------------------------------------------------------
 
-    def create_session(self, *, name: str, ttl: float, lock_delay: float) -> str:
+    def create_session(self, *, name: str, ttl: float, lock_delay: float, checks: Sequence[str] = ()) -> str:
         with self._cond:
             now = self._enter("create_session")
+            for check_id in checks:
+                check = self._checks.get(check_id)
+                if check is None or check.critical_at <= now:
+                    raise CheckNotFound(f"check {check_id!r} is missing or critical")
             session_id = str(uuid.uuid4())
             info = SessionInfo(
                 id=session_id, name=name, ttl=ttl, lock_delay=lock_delay, node="memory", create_index=self._bump()
             )
-            self._sessions[session_id] = _Session(info, now + ttl * self.expiry_factor)
+            self._sessions[session_id] = _Session(info, now + ttl * self.expiry_factor, tuple(checks))
             return session_id
+
+    def register_check(self, check_id: str, *, service_id: str, name: str, ttl: float) -> None:
+        with self._cond:
+            now = self._enter("register_check")
+            self._checks[check_id] = _Check(service_id, ttl, now + ttl)
+
+    def pass_check(self, check_id: str) -> None:
+        with self._cond:
+            now = self._enter("pass_check")
+            check = self._checks.get(check_id)
+            if check is None:
+                raise CheckNotFound(f"the memory agent does not hold the health check {check_id}")
+            check.critical_at = now + check.ttl
+
+    def deregister_check(self, service_id: str) -> None:
+        with self._cond:
+            now = self._enter("deregister_check")
+            self.drop_checks(service_id, now=now)
 
     def renew_session(self, session_id: str) -> None:
         with self._cond:
@@ -229,6 +262,17 @@ class MemoryBackend(Backend):
         """Invalidate the session as an operator's ``consul session destroy`` would (lock-delay applies)."""
         with self._cond:
             self._invalidate(session_id, self.clock())
+
+    def drop_checks(self, service_id: str | None = None, *, now: float | None = None) -> None:
+        """Forget the health checks (of ``service_id``, or all), as an agent restarted without them would:
+        the sessions linked to them are invalidated."""
+        with self._cond:
+            dropped = {cid for cid, c in self._checks.items() if service_id is None or c.service_id == service_id}
+            for check_id in dropped:
+                del self._checks[check_id]
+            now = self.clock() if now is None else now
+            for session_id in [sid for sid, s in self._sessions.items() if dropped & set(s.checks)]:
+                self._invalidate(session_id, now)
 
     def replay_lock_delay(self, key: str, seconds: float) -> None:
         """Put ``key`` inside a lock-delay of ``seconds`` from now, whoever holds it: what Consul servers

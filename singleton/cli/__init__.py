@@ -154,8 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--lock-delay",
         type=seconds_option("--lock-delay", 0, LOCK_DELAY_MAX),
         metavar="SECONDS",
-        help="after this process's session is invalidated nobody can take the key for this long; "
-        "0 to 60 (default: SINGLETON_LOCK_DELAY, else 15)",
+        help="after this process's session is invalidated nobody can take the key for this long; at least "
+        "the local lease + 0.5 (8.5 for --ttl 10), at most 60 (default: SINGLETON_LOCK_DELAY, else 15, or the "
+        "smallest safe one)",
+    )
+    lock.add_argument(
+        "--check-ttl",
+        type=seconds_option("--check-ttl", 1, 43200),
+        metavar="SECONDS",
+        help="fast failover: link the session to a health check of this process with this TTL (1 to TTL/2), "
+        "so that a crashed singleton is replaced about SECONDS + lock-delay later (default: SINGLETON_CHECK_TTL, off)",
     )
     waiting = lock.add_mutually_exclusive_group()
     waiting.add_argument(

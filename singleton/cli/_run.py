@@ -462,7 +462,10 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     settings = settings_from(args)
     settings.full_key(args.key)  # a bad key or lease is a usage error before anything starts
     lease = LeaseOverrides.checked(
-        ttl=args.ttl, lock_delay=args.lock_delay, names={"ttl": "--ttl", "lock_delay": "--lock-delay"}
+        ttl=args.ttl,
+        lock_delay=args.lock_delay,
+        check_ttl=args.check_ttl,
+        names={"ttl": "--ttl", "lock_delay": "--lock-delay", "check_ttl": "--check-ttl"},
     )
     settings.lease.derive(lease)
     with engine_logging(out) as gate:

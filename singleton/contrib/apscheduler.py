@@ -169,6 +169,8 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
     :param ttl: session TTL, 10..86400 s; default the process setting (15 s).
     :param lock_delay: 0..60 s; default the process setting (15 s).
     :param margin: the local lease is ``ttl - margin``; ``0 < margin < 2/3 ttl``; default ``max(1, ttl/5)``.
+    :param check_ttl: fast failover (1..ttl/2 s): a crashed leader is replaced about ``check_ttl +
+        lock_delay`` later; default the process setting (off).
     :param shared: True when every process sees the same stored jobs, False when each has its own copy
         (see the module docstring); None decides by the store's type. ``"true"``/``"false"`` are
         accepted too, as a configuration file gives them.
@@ -190,14 +192,16 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
         ttl: float | None = None,
         lock_delay: float | None = None,
         margin: float | None = None,
+        check_ttl: float | None = None,
         shared: bool | str | None = None,
         poll_interval: float = 10.0,
         elector: Elector | None = None,
     ) -> None:
         super().__init__()
         self.key = validate_key(key)
-        self.lease = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin)
+        self.lease = LeaseOverrides.checked(ttl=ttl, lock_delay=lock_delay, margin=margin, check_ttl=check_ttl)
         self.ttl, self.lock_delay, self.margin = self.lease.ttl, self.lease.lock_delay, self.lease.margin
+        self.check_ttl = self.lease.check_ttl
         self.poll_interval = check_range("poll_interval", poll_interval, 0.1, 3600.0)
         if elector is not None and not isinstance(elector, Elector):
             raise ConfigurationError(f"elector must be a singleton Elector or None, got {elector!r}")
@@ -228,6 +232,7 @@ class LeaderOnlyJobStore(BaseJobStore):  # type: ignore[misc]
             "ttl": self.ttl,
             "lock_delay": self.lock_delay,
             "margin": self.margin,
+            "check_ttl": self.check_ttl,
             "shared": self.shared,
             "poll_interval": self.poll_interval,
         }

@@ -18,6 +18,8 @@ Settings, from the app's configuration (``app.conf``; with Django's ``namespace=
 ``singleton_ttl``         session TTL, 10..86400 s; default the process setting (``SINGLETON_TTL``, 15)
 ``singleton_lock_delay``  0..60 s; default the process setting (``SINGLETON_LOCK_DELAY``, 15)
 ``singleton_margin``      the local lease is ``ttl - margin``; default ``max(1, ttl/5)``
+``singleton_check_ttl``   fast failover, 1..ttl/2 s: a crashed leader is replaced about
+                          ``check_ttl + lock_delay`` later; default the process setting (off)
 ``singleton_scheduler``   the scheduler class to wrap (see above)
 ``singleton_shared``      True when every beat reads the same stored schedule (a database), False when
                           each has its own copy; default by the class (PersistentScheduler: False,
@@ -170,6 +172,7 @@ class LeaderOnlyScheduler(Scheduler):  # type: ignore[misc]
         ttl: float | None = None,
         lock_delay: float | None = None,
         margin: float | None = None,
+        check_ttl: float | None = None,
         inner: Any = None,
         shared: bool | str | None = None,
         elector: Elector | None = None,
@@ -181,13 +184,14 @@ class LeaderOnlyScheduler(Scheduler):  # type: ignore[misc]
         self.key = validate_key(value if value is not None else default_key(app), name)
         lease = {
             name: _option(given, name, conf, f"singleton_{name}")
-            for name, given in (("ttl", ttl), ("lock_delay", lock_delay), ("margin", margin))
+            for name, given in (("ttl", ttl), ("lock_delay", lock_delay), ("margin", margin), ("check_ttl", check_ttl))
         }
         self.lease = LeaseOverrides.checked(
             **{name: value for name, (value, _) in lease.items()},
             names={name: shown for name, (_, shown) in lease.items()},
         )
         self.ttl, self.lock_delay, self.margin = self.lease.ttl, self.lease.lock_delay, self.lease.margin
+        self.check_ttl = self.lease.check_ttl
         if elector is not None and not isinstance(elector, Elector):
             raise ConfigurationError(f"elector must be a singleton Elector or None, got {elector!r}")
         spec, name = _option(inner, "inner", conf, "singleton_scheduler")

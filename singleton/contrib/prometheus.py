@@ -26,8 +26,8 @@ The collector covers every elector of the process (the process-wide one and any 
 ================================================  =======  ==========================================
 
 Per process: ``singleton_session_renewal_seconds`` (histogram: successful renewals' round trip),
-``singleton_consul_errors_total{operation,kind}`` (``operation``: create_session, renew, acquire,
-release, watch, control; ``kind``: unavailable, denied, session_gone, other) and ``singleton_healthy``
+``singleton_consul_errors_total{operation,kind}`` (``operation``: create_session, renew, feed_check,
+acquire, release, watch, control; ``kind``: unavailable, denied, session_gone, check_gone, other) and ``singleton_healthy``
 (1 while :func:`singleton.health` would say ok). With several electors of one process on one key their
 counts add up.
 """

@@ -127,6 +127,7 @@ class LeaderPlan:
         wait: tuple[object, str],
         fail_if_held: bool,
         no_leader: bool,
+        check_ttl: tuple[object, str] = (None, "check_ttl"),
     ) -> LeaderPlan:
         """Validate each ``(value, name)`` pair (``name`` is what error messages call it) and the settings.
 
@@ -134,7 +135,9 @@ class LeaderPlan:
         """
         try:
             checked_key = validate_key(key[0], key[1])
-            lease = LeaseOverrides.checked(ttl=ttl[0], names={"ttl": ttl[1]})
+            lease = LeaseOverrides.checked(
+                ttl=ttl[0], check_ttl=check_ttl[0], names={"ttl": ttl[1], "check_ttl": check_ttl[1]}
+            )
             checked_wait = 0.0 if wait[0] is None else check_range(wait[1], wait[0], 0.0, WAIT_MAX)
             settings = conf.get_settings()
             settings.lease.derive(lease)
@@ -288,6 +291,8 @@ class LeaderOnlyCommand(BaseCommand):  # type: ignore[misc, unused-ignore]
     leader_key: str | None = None
     #: The session TTL in seconds (10..86400); None means the settings' default.
     leader_ttl: float | None = None
+    #: Fast failover's health-check TTL (1..ttl/2 s); None means the settings' default (off).
+    leader_check_ttl: float | None = None
     #: How long to wait for the lock when another process holds it.
     leader_wait: float = 0.0
     #: Exit 75 (EXIT_HELD_ELSEWHERE) instead of 0 when another process holds the lock.
@@ -310,6 +315,12 @@ class LeaderOnlyCommand(BaseCommand):  # type: ignore[misc, unused-ignore]
             "--leader-ttl",
             metavar="SECONDS",
             help=f"Session TTL, {TTL_MIN:g} to {TTL_MAX:g} seconds (default: settings.SINGLETON['TTL'] or 15).",
+        )
+        group.add_argument(
+            "--leader-check-ttl",
+            metavar="SECONDS",
+            help="Fast failover: a health-check TTL (1 to TTL/2 seconds) linked to the session, so that a "
+            "crashed holder is replaced about SECONDS + lock-delay later (default: settings.SINGLETON['CHECK_TTL'], off).",
         )
         group.add_argument(
             "--leader-wait",
@@ -345,6 +356,7 @@ class LeaderOnlyCommand(BaseCommand):  # type: ignore[misc, unused-ignore]
         cls = f"{type(self).__module__}.{type(self).__qualname__}"
         key = options.get("leader_key")
         ttl = options.get("leader_ttl")
+        check_ttl = options.get("leader_check_ttl")
         wait = options.get("leader_wait")
         return LeaderPlan.build(
             key=(key, "--leader-key") if key is not None else (self.default_leader_key(), f"{cls}.leader_key"),
@@ -352,6 +364,9 @@ class LeaderOnlyCommand(BaseCommand):  # type: ignore[misc, unused-ignore]
             wait=(wait, "--leader-wait") if wait is not None else (self.leader_wait, f"{cls}.leader_wait"),
             fail_if_held=bool(options.get("leader_fail_if_held")) or self.leader_fail_if_held,
             no_leader=bool(options.get("no_leader")),
+            check_ttl=(check_ttl, "--leader-check-ttl")
+            if check_ttl is not None
+            else (self.leader_check_ttl, f"{cls}.leader_check_ttl"),
         )
 
     def execute(self, *args: Any, **options: Any) -> Any:

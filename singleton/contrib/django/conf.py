@@ -44,7 +44,7 @@ SETTING = "SINGLETON"
 _COMPOSITE = {"consul", "lease"}
 # Checked only together with the others: margin's range depends on ttl; a client cert needs its key.
 _JOINT = {"margin", "client_cert", "client_key"}
-_LEASE = {"ttl", "lock_delay"}
+_LEASE = {"ttl", "lock_delay", "check_ttl"}
 # Values the engine would take as they are: a string "false" must not turn certificate checks on.
 _STRINGS = {
     "address",
@@ -75,7 +75,7 @@ def _shown(name: str, item: object) -> str:
 def allowed_keys() -> list[str]:
     """Every key ``settings.SINGLETON`` accepts, sorted (upper case)."""
     names = {f.name for f in dataclasses.fields(Settings)} - _COMPOSITE
-    names |= {"ttl", "lock_delay", "margin", "address"}
+    names |= {"ttl", "lock_delay", "margin", "check_ttl", "address"}
     names |= {f.name for f in dataclasses.fields(ConsulSettings)}
     return sorted(name.upper() for name in names)
 

@@ -82,6 +82,9 @@ class Command(BaseCommand):  # type: ignore[misc, unused-ignore]
         parser.add_argument("--key", metavar="KEY", help="Consul key of the lock (default: COMMAND's name).")
         parser.add_argument("--ttl", metavar="SECONDS", help="Session TTL, 10 to 86400 seconds.")
         parser.add_argument(
+            "--check-ttl", metavar="SECONDS", help="Fast failover: a health-check TTL, 1 to TTL/2 seconds."
+        )
+        parser.add_argument(
             "--wait", metavar="SECONDS", help="When another process holds the lock, wait up to SECONDS for it."
         )
         parser.add_argument(
@@ -116,6 +119,7 @@ class Command(BaseCommand):  # type: ignore[misc, unused-ignore]
         plan = LeaderPlan.build(
             key=(options["key"], "--key") if options["key"] is not None else (_default_key(wrapped, name), "COMMAND"),
             ttl=(options["ttl"], "--ttl"),
+            check_ttl=(options["check_ttl"], "--check-ttl"),
             wait=(options["wait"], "--wait"),
             fail_if_held=options["fail_if_held"],
             no_leader=options["no_leader"],
@@ -155,7 +159,12 @@ def _default_key(wrapped: Any, name: str) -> str:
 
 def _as_leader_options(options: dict[str, Any]) -> list[str]:
     extra: list[str] = []
-    for ours, theirs in (("key", "--leader-key"), ("ttl", "--leader-ttl"), ("wait", "--leader-wait")):
+    for ours, theirs in (
+        ("key", "--leader-key"),
+        ("ttl", "--leader-ttl"),
+        ("check_ttl", "--leader-check-ttl"),
+        ("wait", "--leader-wait"),
+    ):
         if options[ours] is not None:
             extra += [theirs, str(options[ours])]
     if options["fail_if_held"]:
