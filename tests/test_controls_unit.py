@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from singleton import Elector, Phase, leader_only
@@ -337,3 +340,28 @@ def test_the_watch_reports_a_missing_record_once_not_at_every_index(backend: Mem
     backend.put(records[0], b"why")
     _, changes = watch.poll(0)
     assert [(c.full_key, c.entry is not None) for c in changes] == [(records[0], True)]
+
+
+def test_health_sees_an_election_thread_that_does_not_come_back() -> None:
+    from singleton.config import ConsulSettings
+
+    release = threading.Event()
+    a = memory_elector(MemoryBackend(), inline=False, consul=ConsulSettings(timeout=0.1))
+    try:
+        election = a.register(KEY, start=False)
+        election.add_listener(lambda e: release.wait(10))  # a listener that blocks the election thread
+        a.start()
+        deadline = time.monotonic() + 5
+        while a.health().ok and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = a.health()
+        assert not health.ok
+        assert "the election thread has not come back from a step" in health.reasons[0]
+        release.set()
+        deadline = time.monotonic() + 5
+        while not a.health().ok and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.health().ok
+    finally:
+        release.set()
+        a.close(grace=0)
