@@ -92,6 +92,7 @@ class Campaign:
         "owner",
         "phase",
         "reason",
+        "resigning",
         "runs",
         "seen_index",
         "settled",
@@ -135,6 +136,9 @@ class Campaign:
         self.reason: str | None = "not started"
         #: The current term's token while LEADING (it may have stopped by its own lease meanwhile).
         self.token: StopToken | None = None
+        #: Set by Election.resign() in the caller's thread before it releases the key, cleared when the
+        #: election thread handles the resignation: until then, no attempt and no reaction to the release.
+        self.resigning = False
         # -- what this process knows of the key ---------------------------------------------------
         self.seen_index = 0
         self.holder: str | None = None
@@ -190,7 +194,7 @@ class Campaign:
         return sum(max(0, handle.skipped - start) for handle, start in list(self.callers.items()))
 
     def wants_attempt(self, now: float) -> bool:
-        return self.phase in ATTEMPTING and now >= self.due
+        return self.phase in ATTEMPTING and now >= self.due and not self.resigning
 
     # -- the one transition -----------------------------------------------------------------------
 
@@ -224,26 +228,31 @@ class Campaign:
                 term.fire(why, cause)
                 cause = term.cause or cause  # the token may have fired first, by its own lease
             self.terms_ended[cause.value if cause is not None else "other"] += 1
-            level = logging.INFO if cause in _GRACEFUL else logging.WARNING
-            _log.log(level, "%s is no longer the leader of %r: %s", self.identity, self.key, why)
         if phase is Phase.LEADING:
             assert token is not None
             self.token = token
             self.error = None
             self.terms_won += 1
-            _log.warning("%s is now the leader of %r (fence %d)", self.identity, self.key, token.fence)
         self.phase, self.due, self.reason = phase, due, reason
         if forked:
             return
         if phase is not Phase.STARTING:
             self.settled.set()
         self._notify()
-        if was_leading != (phase is Phase.LEADING):
+        changed = was_leading != (phase is Phase.LEADING)
+        if changed:
             for callback in list(self.listeners):
                 try:
                     callback(self.owner)
                 except Exception:
                     _log.exception("leadership listener %r of %r failed", callback, self.key)
+            # Logged last: waiters and listeners (a scheduler to wake) come before a write to a log.
+            if phase is Phase.LEADING:
+                assert token is not None
+                _log.warning("%s is now the leader of %r (fence %d)", self.identity, self.key, token.fence)
+            else:
+                level = logging.INFO if cause in _GRACEFUL else logging.WARNING
+                _log.log(level, "%s is no longer the leader of %r: %s", self.identity, self.key, ended or reason)
 
     def end_term(
         self, reason: str, cause: StopCause, *, then: Phase = Phase.ATTEMPT_DUE, then_reason: str | None = None
@@ -263,14 +272,35 @@ class Campaign:
         """
         session = self.keeper.id
         assert session is not None
+        return self.judge_outcome(session, self.acquire_io(session))
+
+    def acquire_io(self, session: str) -> Acquisition | BackendError:
+        """The acquisition call alone, changing nothing here: any thread may make it (a watch thread does
+        when it sees the key freed, sparing the hand-off; see :meth:`on_key_changed`)."""
         try:
-            result = self.backend.acquire(
-                self.full_key, session, self.identity.encode(), flags=int(self._wall() * 1000)
-            )
-        except SessionInvalidated as exc:
-            self.stats.count_error("acquire", exc)
-            return self.keeper.forget(f"session invalidated: {exc}")
+            return self.backend.acquire(self.full_key, session, self.identity.encode(), flags=int(self._wall() * 1000))
         except BackendError as exc:
+            return exc
+
+    def on_attempted(self, session: str, outcome: Acquisition | BackendError) -> SessionLost | None:
+        """The answer of an attempt a watch thread made: judged as if this thread had made it, unless the
+        campaign moved on meanwhile (resigned, paused, or its session was replaced)."""
+        if self.phase is Phase.ATTEMPT_DUE and self.due == _NOW_OR_NEVER and self.keeper.id == session:
+            return self.judge_outcome(session, outcome)
+        if isinstance(outcome, Acquisition) and outcome.acquired and self.phase in (Phase.RESIGNED, Phase.PAUSED):
+            try:  # taken just as it resigned or was paused: give it back at once
+                self.backend.release(self.full_key, session, self.identity.encode())
+            except BackendError as exc:
+                self.note_error(exc, "release the key", current=False, operation="release")
+        return None
+
+    def judge_outcome(self, session: str, outcome: Acquisition | BackendError) -> SessionLost | None:
+        """An acquisition's answer, or its error: what it means (see :meth:`judge_attempt`)."""
+        if isinstance(outcome, SessionInvalidated):
+            self.stats.count_error("acquire", outcome)
+            return self.keeper.forget(f"session invalidated: {outcome}")
+        if isinstance(outcome, BackendError):
+            exc = outcome
             policy = self._denied if isinstance(exc, AccessDenied) else self._errors
             self.note_error(exc, "acquire the key", operation="acquire")
             self._to(Phase.BACKING_OFF, f"could not acquire the key: {exc}", due=self._clock() + policy.next())
@@ -278,7 +308,7 @@ class Campaign:
         self._errors.reset()
         self._denied.reset()
         self.error = None
-        self.judge_attempt(result, session)
+        self.judge_attempt(outcome, session)
         return None
 
     def judge_attempt(self, result: Acquisition, session: str) -> None:
@@ -396,9 +426,10 @@ class Campaign:
         ours = self.keeper.id
         if session is None or session != ours:
             self.held_by = None
-        # 3. Leading: the key must still carry our session; anything else ends the term.
+        # 3. Leading: the key must still carry our session; anything else ends the term (unless this
+        #    process is letting go of it: resign() released it, and its message follows).
         if self.phase is Phase.LEADING:
-            if session is not None and session == ours:
+            if (session is not None and session == ours) or self.resigning:
                 return
             if entry is None:
                 self.end_term("the key was deleted", StopCause.KEY_DELETED)
@@ -417,15 +448,16 @@ class Campaign:
             return
         if self.phase in _ASIDE:
             return
-        # 4. Campaigning: free (or ours) means an attempt now, or when the lock-delay ends.
+        # 4. Campaigning: free (or ours) means an attempt now, or when the lock-delay ends. When the watch
+        #    thread has sent that attempt already (it saw the key freed while we watched), its answer is
+        #    judged when it comes (on_attempted): nothing is due until then.
         if session is None or session == ours:
             if self.phase is Phase.LOCK_DELAY and self.due > now:
                 return
             if self.phase is Phase.BACKING_OFF:
                 return  # the backoff's own due time stands
-            self._to(
-                Phase.ATTEMPT_DUE, f"free (last held by {entry.holder})" if entry and entry.holder else "free", due=now
-            )
+            free = f"free (last held by {entry.holder})" if entry and entry.holder else "free"
+            self._to(Phase.ATTEMPT_DUE, free, due=_NOW_OR_NEVER if change.attempting else now)
             return
         # 5. Another session holds it: watch.
         if self.phase is not Phase.WATCHING:
@@ -462,12 +494,19 @@ class Campaign:
 
     # -- commands -----------------------------------------------------------------------------------
 
-    def resign(self) -> None:
-        """Stop campaigning; release the key if our session holds it (no lock-delay follows)."""
+    def resign(self, *, released_elsewhere: bool = False) -> None:
+        """Stop campaigning; release the key if our session holds it (no lock-delay follows).
+
+        ``released_elsewhere``: the resigning thread sends the release itself.
+        """
         if self.phase is Phase.LEADING:
             self.end_term("resigned", StopCause.RESIGNED, then=Phase.RESIGNED)
         elif self.phase is not Phase.RESIGNED:
             self._to(Phase.RESIGNED, "resigned")
+        self.resigning = False
+        if released_elsewhere:
+            self.held_by = None
+            return
         try:
             self.release()
         except BackendError as exc:

@@ -55,6 +55,8 @@ class KeyChanged:
     index: int
     entry: KeyInfo | None
     reset: bool = False
+    #: The watch thread is making an acquisition attempt on this news itself (see WatchThread).
+    attempting: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,12 @@ class PrefixWatch:
 
 
 class WatchThread(threading.Thread):
-    """Runs one :class:`PrefixWatch` until ``stop`` (the elector's) or :meth:`retire` (a regrouping)."""
+    """Runs one :class:`PrefixWatch` until ``stop`` (the elector's) or :meth:`retire` (a regrouping).
+
+    Each change goes to ``react``, which posts it to the election thread, and may first send an
+    acquisition attempt from this very thread (a key freed while its campaign watched): a follower's
+    takeover then costs no hand-off between threads before the attempt.
+    """
 
     def __init__(
         self,
@@ -145,11 +152,13 @@ class WatchThread(threading.Thread):
         stop: threading.Event,
         rng: _retry.Random,
         stats: EngineStats | None = None,
+        react: Callable[[KeyChanged], None] | None = None,
     ) -> None:
         super().__init__(name=f"singleton-watch[{watch.prefix}*]", daemon=True)
         self._stats = stats
         self.watch = watch
         self._post = post
+        self._react = react or post
         self._stop_all = stop
         self._retired = threading.Event()
         self._errors = _retry.WATCH_ERROR.start(rng)
@@ -190,7 +199,9 @@ class WatchThread(threading.Thread):
             if self.stopping():
                 break
             for change in changes:
-                self._post(change)
+                self._react(change)
+            if changes:
+                time.sleep(0)  # let the election thread act on them before this thread sends its next query
             went_back = new_index < index
             blocking = index != 0  # a query with index 0 answers at once by design
             quick = blocking and time.monotonic() - began < QUICK_ANSWER

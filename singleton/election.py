@@ -54,15 +54,16 @@ holds the keys). The process-wide one is replaced by a new elector on first use 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import math
 import os
+import queue
 import random
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -75,7 +76,7 @@ from singleton._phase import ATTEMPTING, TIMED
 from singleton._session import SessionEvent, SessionKeeper, SessionUnavailable
 from singleton._stats import EngineStats
 from singleton._watch import KeyChanged, PrefixWatch, WatchFailed, WatchThread, watch_prefixes
-from singleton.backends import Backend, create_backend
+from singleton.backends import Acquisition, Backend, create_backend
 from singleton.config import LOCK_DELAY_MAX, LeaseOverrides, LeaseSpec, Settings, holder_identity
 from singleton.errors import (
     BackendError,
@@ -332,12 +333,26 @@ class Election:
 
         Returns True once the election thread has released the key (within ``timeout``).
         """
-        token = self._campaign.token
+        campaign, elector = self._campaign, self.elector
+        token = campaign.token
         if token is not None:
             token.fire("resigned", StopCause.RESIGNED)
         done = threading.Event()
-        self.elector._post(_Resign(self._campaign, done))
-        if self.elector._thread is None:
+        session = campaign.keeper.id
+        # The release goes out from this thread at once, sparing a hand-off to the election thread (and
+        # the wait for the GIL it would then hold): a follower takes over sooner. ``resigning`` keeps the
+        # election thread from taking the key back meanwhile; the message that follows ends the term.
+        here = elector._thread is not None and session is not None and campaign.held_by == session
+        campaign.resigning = True
+        if here:
+            assert session is not None
+            try:
+                elector.backend.release(campaign.full_key, session, elector.identity.encode())
+            except BackendError as exc:
+                here = False  # the election thread tries again
+                _log.debug("%r: the release on resign failed (%s); the election thread retries it", campaign.key, exc)
+        elector._post(_Resign(campaign, done, released_here=here))
+        if elector._thread is None:
             return False
         return done.wait(timeout)
 
@@ -450,6 +465,8 @@ class _Register:
 class _Resign:
     campaign: Campaign
     done: threading.Event
+    #: The caller's thread sends the release itself (see Election.resign).
+    released_here: bool = False
 
 
 @dataclass(frozen=True)
@@ -457,7 +474,16 @@ class _Rejoin:
     campaign: Campaign
 
 
-_Message = _Register | _Resign | _Rejoin | KeyChanged | WatchFailed
+@dataclass(frozen=True)
+class _Attempted:
+    """The answer of an acquisition attempt a watch thread made (see Elector._react)."""
+
+    campaign: Campaign
+    session: str
+    outcome: Acquisition | BackendError
+
+
+_Message = _Register | _Resign | _Rejoin | _Attempted | KeyChanged | WatchFailed
 
 
 @dataclass
@@ -510,8 +536,10 @@ class Elector:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._changed = threading.Condition()
-        self._inbox: deque[_Message] = deque()
-        self._wakeup = threading.Event()
+        # A SimpleQueue (C, one lock) wakes the election thread faster than an Event: a follower's
+        # acquisition waits on that hand-off from its watch thread.
+        self._inbox: queue.SimpleQueue[_Message | None] = queue.SimpleQueue()
+        self._waiting: _Message | None = None
         self._stop = threading.Event()
         self._elections: dict[str, Election] = {}
         self._groups: dict[LeaseSpec, _Group] = {}
@@ -685,7 +713,7 @@ class Elector:
                     break
                 self._changed.wait(min(remaining, 0.005))  # bodies end without notifying: poll briefly
         self._stop.set()
-        self._wakeup.set()
+        self._inbox.put(None)  # wake the election thread
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.settings.consul.timeout + 1.0)
@@ -758,8 +786,7 @@ class Elector:
     # -- the election thread --------------------------------------------------------------------
 
     def _post(self, message: _Message) -> None:
-        self._inbox.append(message)
-        self._wakeup.set()
+        self._inbox.put(message)
 
     def _notify(self) -> None:
         with self._changed:
@@ -774,8 +801,10 @@ class Elector:
                 _log.exception("unexpected error in the election thread")
                 delay = 1.0
             self._beat_wait, self._beat = delay, time.monotonic()
-            self._wakeup.wait(delay)
-            self._wakeup.clear()
+            try:
+                self._waiting = self._inbox.get(timeout=delay) if delay > 0 else None
+            except queue.Empty:
+                pass
         _log.debug("election thread stopped")
 
     def step(self) -> float:
@@ -814,10 +843,22 @@ class Elector:
             for campaign in list(group.campaigns):
                 campaign.on_session_event(event)
 
+    def _messages(self) -> Iterator[_Message]:
+        """What the inbox holds now: the message the wait woke for first, then the rest, in order."""
+        first, self._waiting = self._waiting, None
+        if first is not None:
+            yield first
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if message is not None:
+                yield message
+
     def _drain(self) -> None:
         adopted = False
-        while self._inbox:
-            message = self._inbox.popleft()
+        for message in self._messages():
             if isinstance(message, KeyChanged):
                 election = self._elections.get(message.full_key)
                 if election is not None:
@@ -834,10 +875,15 @@ class Elector:
                 self._adopt(message.campaign)
                 adopted = True
             elif isinstance(message, _Resign):
-                message.campaign.resign()
+                message.campaign.resign(released_elsewhere=message.released_here)
                 message.done.set()
             elif isinstance(message, _Rejoin):
                 message.campaign.rejoin()
+            elif isinstance(message, _Attempted):
+                campaign = message.campaign
+                lost = campaign.on_attempted(message.session, message.outcome)
+                if lost is not None:
+                    self._dispatch(self._groups[campaign.spec], [lost])
         if adopted:  # once per batch: a thousand keys registered at once regroup once
             self._regroup_watches()
 
@@ -871,16 +917,45 @@ class Elector:
             watch = PrefixWatch(prefix, self.backend, self._watched_keys, self.settings.watch_wait)
             self._watches[prefix] = watch
             if self._watch_mode == "thread" and not self._stop.is_set():
-                thread = WatchThread(watch, self._post, self._stop, self._rng, self.stats)
+                thread = WatchThread(watch, self._post, self._stop, self._rng, self.stats, react=self._react)
                 self._watch_threads[prefix] = thread
                 thread.start()
 
+    def _react(self, change: KeyChanged) -> None:
+        """On a watch thread: post ``change``; when it frees a key whose campaign watches it (another
+        process let go), send the acquisition attempt from here and post its answer too.
+
+        Only reads campaign state; the election thread judges both messages, in order.
+        """
+        election = self._elections.get(change.full_key)
+        campaign = election._campaign if election is not None else None
+        entry = change.entry
+        session = campaign.keeper.id if campaign is not None else None
+        if (
+            campaign is None
+            or session is None
+            or (entry is not None and entry.session is not None)
+            or campaign.phase is not Phase.WATCHING
+            or campaign.resigning
+            or self._closed
+            or not campaign.keeper.valid(self._clock())
+        ):
+            self._post(change)
+            return
+        self._post(dataclasses.replace(change, attempting=True))
+        outcome: Acquisition | BackendError = BackendUnavailable("the attempt was not made")
+        try:
+            outcome = campaign.acquire_io(session)
+        finally:
+            self._post(_Attempted(campaign, session, outcome))
+
     def _watched_keys(self) -> list[str]:
-        """Every key campaigned for, and each one's control records (singleton._controls)."""
-        keys = []
+        """Every key campaigned for, each after its control records (singleton._controls): a pause that
+        comes in the same answer as a release is posted before the watch thread may attempt."""
+        keys: list[str] = []
         for full_key in list(self._elections):
-            keys.append(full_key)
             keys.extend(_controls.record_keys(full_key))
+            keys.append(full_key)
         return keys
 
     def _poll_watches(self) -> None:

@@ -293,13 +293,17 @@ def test_closing_the_backend_ends_a_blocking_query_in_another_thread_at_once() -
     assert len(agent.requests) == 1, "not retried on a closed backend"
 
 
-def test_ipv6_addresses_in_brackets_work() -> None:
+def _has_ipv6_loopback() -> bool:
     try:
-        probe = socket.socket(socket.AF_INET6)
-        probe.bind(("::1", 0))
-        probe.close()
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
     except OSError:
-        pytest.skip("this machine has no IPv6 loopback (::1)")
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_ipv6_addresses_in_brackets_work() -> None:
     with FakeAgent(lambda request: kv(), host="::1") as agent:
         settings = ConsulSettings.from_env({"CONSUL_HTTP_ADDR": f"[::1]:{agent.port}"})
         with ConsulBackend(settings) as backend:

@@ -19,8 +19,8 @@ from singleton._controls import (
     split_record_key,
     write_pause,
 )
-from singleton._watch import PrefixWatch
-from singleton.backends.base import KeyInfo
+from singleton._watch import KeyChanged, PrefixWatch
+from singleton.backends.base import Acquisition, KeyInfo
 from singleton.backends.memory import MemoryBackend
 from singleton.errors import BackendUnavailable
 from singleton.token import StopCause
@@ -365,3 +365,30 @@ def test_health_sees_an_election_thread_that_does_not_come_back() -> None:
     finally:
         release.set()
         a.close(grace=0)
+
+
+def test_an_attempt_answered_after_a_pause_came_gives_the_key_back(
+    backend: MemoryBackend, clock: FakeClock, wall: FakeClock
+) -> None:
+    a, b = pair(backend, clock, wall)
+    ea, eb = a.register(KEY), b.register(KEY)
+    steps(a, b)
+    ea.resign()
+    steps(a)
+    # What b's watch thread does when it sees the key freed: the change (marked), then the attempt.
+    campaign, session = eb._campaign, eb._campaign.keeper.id
+    assert session is not None
+    index, entry = backend.read(KEY)
+    campaign.on_key_changed(KeyChanged(KEY, index, entry, attempting=True))
+    outcome = campaign.acquire_io(session)
+    assert isinstance(outcome, Acquisition)
+    assert outcome.acquired
+    # ... and a pause lands before the election thread judges the answer.
+    write_pause(backend, KEY, seconds=None, reason=None, by="ops", wall=wall)
+    _, record = backend.read(KEY + "#pause")
+    assert record is not None
+    campaign.controls.on_record(PAUSE, KeyChanged(KEY + "#pause", record.modify_index, record))
+    assert eb.phase is Phase.PAUSED
+    campaign.on_attempted(session, outcome)
+    assert holder_session(backend) is None, "given back: nobody runs it, and no key is held unknowingly"
+    assert eb.token is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from singleton._watch import PrefixWatch
 from singleton.backends.base import Acquisition, KeyInfo
 from singleton.backends.memory import MemoryBackend
-from singleton.election import Elector, Role
+from singleton.election import Elector, Phase, Role
 from singleton.errors import BackendUnavailable, ConfigurationError
 from singleton.token import StopCause
 
@@ -826,3 +828,44 @@ def test_fast_mode_shutdown_destroys_the_session_before_it_deregisters_the_check
     a.close(grace=0)
     assert order == ["destroy", "deregister"]
     assert backend.calls["release"] == 1, "and the key was released before both"
+
+
+class Recording(Partitionable):
+    """Records which thread made each acquisition attempt."""
+
+    def __init__(self, inner: MemoryBackend) -> None:
+        super().__init__(inner)
+        self.attempts: list[str] = []
+
+    def acquire(self, key: str, session_id: str, value: bytes, flags: int = 0) -> Acquisition:
+        self.attempts.append(threading.current_thread().name)
+        return super().acquire(key, session_id, value, flags)
+
+
+def test_a_freed_key_is_attempted_from_the_watch_thread_and_judged_on_the_election_thread() -> None:
+    # The graceful handoff at the floor: the follower's watch thread sends the attempt the moment it sees
+    # the release (no hand-off before it); the election thread judges its answer, as for its own attempts.
+    backend = MemoryBackend()
+    recording = Recording(backend)
+    holder = memory_elector(backend, identity="holder:1", inline=False)
+    follower = memory_elector(recording, identity="follower:2", inline=False)
+    try:
+        first = holder.register(KEY)
+        assert first.wait_for_leadership(5)
+        second = follower.register(KEY)
+        assert second.wait_settled(5)
+        deadline = time.monotonic() + 5
+        while second.phase is not Phase.WATCHING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert second.phase is Phase.WATCHING
+        before = len(recording.attempts)
+        first.resign()
+        assert second.wait_for_leadership(5)
+        attempts = recording.attempts[before:]
+        assert attempts == [f"singleton-watch[{KEY}*]"], "one attempt, from the watch thread, none from elsewhere"
+        _, entry = backend.read(KEY)
+        assert entry is not None
+        assert entry.holder == "follower:2"
+    finally:
+        holder.close(grace=0)
+        follower.close(grace=0)
