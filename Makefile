@@ -25,7 +25,7 @@ WITH_REDIS = redis_bin=$$(scripts/get-redis) || { \
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,apscheduler,django,celery,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,apscheduler,django,celery,prometheus,dev]'
 	touch $(STAMP)
 
 consul:

@@ -8,7 +8,8 @@
     def nightly(stop_token: StopToken | None = None) -> int: ...
 """
 
-from singleton._runtime import configure, get_elector, get_settings, shutdown
+from singleton._health import Health
+from singleton._runtime import configure, get_elector, get_settings, health, shutdown
 from singleton._version import __version__
 from singleton.config import ConsulSettings, LeaseOverrides, LeaseSpec, Settings
 from singleton.decorators import LeaderOnlyBound, LeaderOnlyFunction, LeaderOnlyHandle, leader_only
@@ -37,6 +38,7 @@ __all__ = [
     "Election",
     "ElectionStatus",
     "Elector",
+    "Health",
     "LeaderOnlyBound",
     "LeaderOnlyFunction",
     "LeaderOnlyHandle",
@@ -57,6 +59,7 @@ __all__ = [
     "current_token",
     "get_elector",
     "get_settings",
+    "health",
     "leader_only",
     "maybe_acquire_leadership",
     "shutdown",

@@ -13,6 +13,10 @@ the thread that shuts the elector down); any thread may read its fields.
     LEADING --lease ran out / session lost / key released, deleted--> ATTEMPT_DUE
     LEADING --key taken--> WATCHING
     any --resign()--> RESIGNED --campaign()--> ATTEMPT_DUE
+    LEADING, campaigning --pause--> PAUSED --resume, or its end--> ATTEMPT_DUE
+    LEADING, PAUSED --step-down--> STEPPING_DOWN --bodies ended, released--> STEPPED_DOWN --its time--> ATTEMPT_DUE
+
+The operators' phases (the last two lines) follow the rules of ``singleton._controls``.
 
 The judgements, as numbered steps, are in :meth:`Campaign.judge_attempt` (an acquisition's answer) and
 :meth:`Campaign.on_key_changed` (a watch's answer).
@@ -20,16 +24,20 @@ The judgements, as numbered steps, are in :meth:`Campaign.judge_attempt` (an acq
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import threading
+import weakref
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
 from singleton import _retry
+from singleton._controls import Controls
 from singleton._log import RateLimitedLogger
+from singleton._phase import ATTEMPTING, Phase
 from singleton._session import LeaseExpired, SessionEvent, SessionKeeper, SessionLost, SessionUnavailable
+from singleton._stats import EngineStats
 from singleton._watch import KeyChanged
 from singleton.backends.base import Acquisition, Backend, KeyInfo
 from singleton.config import LeaseSpec
@@ -45,33 +53,15 @@ LOCK_DELAY_SLACK = 0.05
 _NOW_OR_NEVER = math.inf
 
 
-class Phase(str, enum.Enum):
-    """Where a key's campaign stands. ``due`` is when the next acquisition attempt is made."""
-
-    #: Registered; the first attempt is due at once.
-    STARTING = "starting"
-    #: An attempt is due (a release was seen, a term ended): made as soon as the session is valid.
-    ATTEMPT_DUE = "attempt_due"
-    #: The last attempt, or the session, failed with an error: the next attempt waits out a backoff.
-    BACKING_OFF = "backing_off"
-    #: The key is free but inside the lock-delay its last holder left: the next attempt is when it ends.
-    LOCK_DELAY = "lock_delay"
-    #: Another session holds the key: the watch tells when it changes (no polling).
-    WATCHING = "watching"
-    #: This process holds the key; the term's stop token is live.
-    LEADING = "leading"
-    #: Not campaigning (resign(), or shutdown).
-    RESIGNED = "resigned"
-
-
-_ATTEMPTING = frozenset({Phase.STARTING, Phase.ATTEMPT_DUE, Phase.BACKING_OFF, Phase.LOCK_DELAY})
-_GRACEFUL = frozenset({StopCause.RESIGNED, StopCause.SHUTDOWN})
+_GRACEFUL = frozenset({StopCause.RESIGNED, StopCause.SHUTDOWN, StopCause.PAUSED, StopCause.STEPPED_DOWN})
+#: Phases in which a change of the key only updates what is known of it.
+_ASIDE = frozenset({Phase.RESIGNED, Phase.STARTING, Phase.PAUSED, Phase.STEPPING_DOWN, Phase.STEPPED_DOWN})
 
 
 class Campaign:
     """The campaign for one key, under the session of its lease group (see the module docstring)."""
 
-    # Slots: the call path reads ``token`` and ``bodies`` on every decorated call.
+    # Slots: the call path reads ``token`` and ``bodies``, and counts ``runs``, on every decorated call.
     __slots__ = (
         "_clock",
         "_denied",
@@ -86,6 +76,8 @@ class Campaign:
         "_wall",
         "backend",
         "bodies",
+        "callers",
+        "controls",
         "due",
         "error",
         "full_key",
@@ -101,9 +93,13 @@ class Campaign:
         "phase",
         "reason",
         "resigning",
+        "runs",
         "seen_index",
         "settled",
         "spec",
+        "stats",
+        "terms_ended",
+        "terms_won",
         "token",
     )
 
@@ -121,6 +117,8 @@ class Campaign:
         rng: _retry.Random,
         rlog: RateLimitedLogger,
         notify: Callable[[], None],
+        grace: float = 5.0,
+        stats: EngineStats | None = None,
     ) -> None:
         self.key = key
         self.full_key = full_key
@@ -156,8 +154,10 @@ class Campaign:
         self.last_error: str | None = None
         #: Set once the first attempt has an outcome (leader, follower or an error).
         self.settled = threading.Event()
-        #: One item per leader-only body running now (list.append/pop are atomic: no lock on the call path).
-        self.bodies: list[None] = []
+        #: One item per leader-only body running now (deque.append/pop are atomic: no lock on the call
+        #: path). A deque, not a list: a list reallocates at each append to and pop from an empty one,
+        #: a deque allocates nothing, which more than pays for counting ``runs`` on the call path.
+        self.bodies: deque[None] = deque()
         self.listeners: list[Callable[[Any], object]] = []
         #: What listeners are called with (the public Election).
         self.owner: object = self
@@ -165,6 +165,18 @@ class Campaign:
         self._denied = _retry.ACCESS_DENIED.start(rng)
         self._recheck = _retry.LOCK_DELAY_RECHECK.start(rng)
         self._race = _retry.RACE.start(rng)
+        #: Pause and step-down (``grace``: what running bodies get when stepping down).
+        self.controls = Controls(self, grace=grace, rng=rng)
+        # -- counts, for metrics (singleton._stats) ------------------------------------------------
+        self.stats = stats if stats is not None else EngineStats()
+        self.terms_won = 0
+        #: Terms ended, by the value of the StopCause their token fired with.
+        self.terms_ended: Counter[str] = Counter()
+        #: Bodies started: decorated calls that ran, and Election.body blocks.
+        self.runs = 0
+        #: The decorated functions' handles calling this key, each with its count of skipped calls when
+        #: it bound here: they count their skips themselves, so the call path counts nothing more.
+        self.callers: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<Campaign {self.full_key!r} {self.phase.value}>"
@@ -176,8 +188,13 @@ class Campaign:
         token = self.token
         return token is not None and not token.stopped
 
+    @property
+    def skipped(self) -> int:
+        """Decorated calls of this key that did not run their body, since their functions bound here."""
+        return sum(max(0, handle.skipped - start) for handle, start in list(self.callers.items()))
+
     def wants_attempt(self, now: float) -> bool:
-        return self.phase in _ATTEMPTING and now >= self.due and not self.resigning
+        return self.phase in ATTEMPTING and now >= self.due and not self.resigning
 
     # -- the one transition -----------------------------------------------------------------------
 
@@ -209,10 +226,13 @@ class Campaign:
                 return
             if term is not None:
                 term.fire(why, cause)
+                cause = term.cause or cause  # the token may have fired first, by its own lease
+            self.terms_ended[cause.value if cause is not None else "other"] += 1
         if phase is Phase.LEADING:
             assert token is not None
             self.token = token
             self.error = None
+            self.terms_won += 1
         self.phase, self.due, self.reason = phase, due, reason
         if forked:
             return
@@ -264,24 +284,25 @@ class Campaign:
 
     def on_attempted(self, session: str, outcome: Acquisition | BackendError) -> SessionLost | None:
         """The answer of an attempt a watch thread made: judged as if this thread had made it, unless the
-        campaign moved on meanwhile (resigned, or its session was replaced)."""
+        campaign moved on meanwhile (resigned, paused, or its session was replaced)."""
         if self.phase is Phase.ATTEMPT_DUE and self.due == _NOW_OR_NEVER and self.keeper.id == session:
             return self.judge_outcome(session, outcome)
-        if isinstance(outcome, Acquisition) and outcome.acquired and self.phase is Phase.RESIGNED:
-            try:  # taken just as it resigned: give it back at once
+        if isinstance(outcome, Acquisition) and outcome.acquired and self.phase in (Phase.RESIGNED, Phase.PAUSED):
+            try:  # taken just as it resigned or was paused: give it back at once
                 self.backend.release(self.full_key, session, self.identity.encode())
             except BackendError as exc:
-                self.note_error(exc, "release the key", current=False)
+                self.note_error(exc, "release the key", current=False, operation="release")
         return None
 
     def judge_outcome(self, session: str, outcome: Acquisition | BackendError) -> SessionLost | None:
         """An acquisition's answer, or its error: what it means (see :meth:`judge_attempt`)."""
         if isinstance(outcome, SessionInvalidated):
+            self.stats.count_error("acquire", outcome)
             return self.keeper.forget(f"session invalidated: {outcome}")
         if isinstance(outcome, BackendError):
             exc = outcome
             policy = self._denied if isinstance(exc, AccessDenied) else self._errors
-            self.note_error(exc, "acquire the key")
+            self.note_error(exc, "acquire the key", operation="acquire")
             self._to(Phase.BACKING_OFF, f"could not acquire the key: {exc}", due=self._clock() + policy.next())
             return None
         self._errors.reset()
@@ -341,6 +362,14 @@ class Campaign:
         self._race.reset()
         self.seen_index = max(self.seen_index, entry.modify_index)
         self.holder, self.holder_session, self.held_by = self.identity, session, session
+        # The key is ours; a term starts unless an operator paused it (singleton._controls, rule 1).
+        unread = self.controls.ensure_known()
+        if unread is not None:
+            why = f"could not read the key's control records: {unread}"
+            self._to(Phase.BACKING_OFF, why, due=self._clock() + self._errors.next())
+            return
+        if self.controls.pause_instead():
+            return
         token = StopToken(
             self.key, fence=entry.modify_index, lease=self.keeper.lease, clock=self._clock, since=self._wall()
         )
@@ -417,7 +446,7 @@ class Campaign:
                     then_reason=f"held by {self.holder or 'another session'}",
                 )
             return
-        if self.phase in (Phase.RESIGNED, Phase.STARTING):
+        if self.phase in _ASIDE:
             return
         # 4. Campaigning: free (or ours) means an attempt now, or when the lock-delay ends. When the watch
         #    thread has sent that attempt already (it saw the key freed while we watched), its answer is
@@ -434,8 +463,13 @@ class Campaign:
         if self.phase is not Phase.WATCHING:
             self._to(Phase.WATCHING, f"held by {self.holder or 'another session'}")
 
-    def note_error(self, exc: BackendError, doing: str, *, current: bool = True) -> None:
-        """Keep ``exc`` for status (``current``: it is the latest attempt's) and log it, rate-limited."""
+    def note_error(self, exc: BackendError, doing: str, *, current: bool = True, operation: str | None = None) -> None:
+        """Keep ``exc`` for status (``current``: it is the latest attempt's) and log it, rate-limited.
+
+        ``operation`` counts it for metrics (errors that reach every campaign are counted where they happen).
+        """
+        if operation is not None:
+            self.stats.count_error(operation, exc)
         self.last_error = f"{doing}: {exc}"
         if current:
             self.error = exc
@@ -451,11 +485,11 @@ class Campaign:
             self.held_by = None
             if self.phase is Phase.LEADING:
                 self.end_term(event.reason, StopCause.SESSION_GONE)
-            elif self.phase in _ATTEMPTING:
+            elif self.phase in ATTEMPTING:
                 self._to(self.phase, self.reason, due=min(self.due, self._clock()))
         elif isinstance(event, SessionUnavailable):
             self.note_error(event.error, "create a session")
-            if self.phase in _ATTEMPTING:
+            if self.phase in ATTEMPTING:
                 self._to(Phase.BACKING_OFF, f"could not create a session: {event.error}", due=self.due)
 
     # -- commands -----------------------------------------------------------------------------------
@@ -476,12 +510,12 @@ class Campaign:
         try:
             self.release()
         except BackendError as exc:
-            self.note_error(exc, "release the key", current=False)
+            self.note_error(exc, "release the key", current=False, operation="release")
 
     def rejoin(self) -> None:
-        """Campaign again after :meth:`resign`."""
+        """Campaign again after :meth:`resign` (unless the key is paused)."""
         if self.phase is Phase.RESIGNED:
-            self._to(Phase.ATTEMPT_DUE, "campaigning again", due=self._clock())
+            self.controls.campaign_again("campaigning again")
 
     def release(self) -> None:
         """Release the key if our session holds it, by the latest news (resign and shutdown).

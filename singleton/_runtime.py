@@ -26,11 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 from singleton import _signals
+from singleton._health import Health
 from singleton.config import Settings, require_settings
 from singleton.election import Elector
 from singleton.errors import ConfigurationError, SingletonError
 
-__all__ = ["configure", "get_elector", "get_settings", "on_fork", "refuse", "shutdown"]
+__all__ = ["configure", "get_elector", "get_settings", "health", "on_fork", "refuse", "shutdown"]
 
 _log = logging.getLogger("singleton")
 
@@ -114,6 +115,21 @@ def get_elector() -> Elector:
             _elector = Elector(get_settings())
             _register_exit_hook()
         return _elector
+
+
+def health(tolerance: float | None = None) -> Health:
+    """Whether singleton can keep the leadership this process has: for a readiness or liveness endpoint.
+
+    Unhealthy, with one reason per problem, when the election thread is dead or stuck, or when a session
+    that holds a key has not been renewed within its interval plus ``tolerance`` seconds (default half
+    the interval). Healthy before the first leader-only call, and on a follower. No network call.
+    """
+    elector = _elector
+    if elector is None:
+        if _shut_down:
+            return Health(False, ("singleton was shut down in this process",))
+        return Health(True)
+    return elector.health(tolerance)
 
 
 def shutdown(grace: float | None = None) -> None:

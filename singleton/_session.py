@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from singleton import _retry
 from singleton._log import RateLimitedLogger
+from singleton._stats import EngineStats
 from singleton.backends.base import Backend
 from singleton.config import LeaseSpec
 from singleton.errors import BackendError, CheckNotFound, SessionInvalidated
@@ -98,6 +99,7 @@ class SessionKeeper:
         clock: Callable[[], float],
         rng: _retry.Random,
         rlog: RateLimitedLogger,
+        stats: EngineStats | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -115,6 +117,10 @@ class SessionKeeper:
         self._renew = _retry.RENEW.start(rng, cap=spec.renew_interval)
         #: The last error of a create, renew or feed call; None once one succeeded.
         self.error: BackendError | None = None
+        #: When the latest successful creation or renewal, and feed of the check, were sent (health).
+        self.renewed_at = _NEVER
+        self.fed_at = _NEVER
+        self.stats = stats if stats is not None else EngineStats()
         self._renewed_until = _NEVER
         # -- fast failover ----------------------------------------------------------------------
         #: Whether the session is linked to a health check of this process (``check_ttl``).
@@ -183,6 +189,7 @@ class SessionKeeper:
                 name=self.name, ttl=self.spec.ttl, lock_delay=self.spec.lock_delay or 0.0, checks=checks
             )
         except BackendError as exc:
+            self.stats.count_error("create_session", exc)
             if isinstance(exc, CheckNotFound):
                 self._registered = False  # register it again on the next try
             self.error = exc
@@ -196,6 +203,7 @@ class SessionKeeper:
         self._create.reset()
         self.error = None
         self.id = session_id
+        self.renewed_at = sent
         self._renewed_until = sent + self.spec.lease
         self.lease = Lease(self._deadline())
         self.next_renew = sent + self.spec.renew_interval
@@ -222,6 +230,7 @@ class SessionKeeper:
         assert self.spec.check_lease is not None
         assert self.spec.check_interval is not None
         self._fed_until = sent + self.spec.check_lease
+        self.fed_at = sent
         self.next_feed = sent + self.spec.check_interval
 
     def _deadline(self) -> float:
@@ -252,8 +261,10 @@ class SessionKeeper:
         try:
             self.backend.renew_session(self.id)
         except SessionInvalidated as exc:
+            self.stats.count_error("renew", exc)
             return [self.forget(f"session invalidated: {exc}")]
         except BackendError as exc:
+            self.stats.count_error("renew", exc)
             now = self._clock()
             self.error = exc
             self.next_renew = now + self._renew.next()
@@ -266,11 +277,13 @@ class SessionKeeper:
                 f"leadership ends in {remaining:.1f}s unless a renewal lands" if remaining > 0 else "retrying",
             )
             return []
+        self.stats.renewals.observe(max(0.0, self._clock() - sent))
         if self._renew.failures:
             _log.info("session %s renewed again after %d failed attempts", self.id, self._renew.failures)
             self._rlog.reset("renew")
         self._renew.reset()
         self.error = None
+        self.renewed_at = sent
         self.next_renew = sent + self.spec.renew_interval
         self._renewed_until = sent + self.spec.lease
         return self._extend()
@@ -281,8 +294,10 @@ class SessionKeeper:
         try:
             self.backend.pass_check(self.check_id)
         except CheckNotFound as exc:
+            self.stats.count_error("feed_check", exc)
             return [self._check_lost(exc)]
         except BackendError as exc:
+            self.stats.count_error("feed_check", exc)
             now = self._clock()
             self.error = exc
             self.next_feed = now + self._feed.next()

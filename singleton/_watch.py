@@ -9,6 +9,11 @@ its keys (:func:`watch_prefixes`): the key prefix when one is set, else the comm
 group of keys, else the common prefix of them all, which may be the whole KV store (a key prefix is
 then recommended, and said once in the log).
 
+The keys watched include each key's control records (``<key>#pause``, ``<key>#step-down``: see
+``singleton._controls``), which lie under every prefix that covers their key. A record is reported once
+when first watched, then whenever it changes; a missing record is not "changed" by the index moving
+(only a lock key's holder must hear of a deletion it may have missed).
+
 A watch thread never spins: an error waits out :data:`singleton._retry.WATCH_ERROR`, and answers that
 come back at once with nothing new (an index that went backwards, a server that does not block) wait
 out :data:`singleton._retry.WATCH_QUICK`. It knows nothing of campaigns: it posts messages and reads
@@ -24,6 +29,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from singleton import _retry
+from singleton._stats import EngineStats
 from singleton.backends.base import Backend, KeyInfo
 from singleton.errors import BackendError
 
@@ -35,6 +41,7 @@ _log = logging.getLogger("singleton.watch")
 MOST_WATCHES = 4
 #: An answer faster than this, with nothing new in it, counts as "at once".
 QUICK_ANSWER = 0.05
+_MISSING_RECORD = "missing"
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,12 @@ class PrefixWatch:
         for key in self.watched():
             entry = by_key.get(key)
             # A missing key is "changed" whenever the index moved: it may have been created and deleted
-            # between two answers, and a holder must hear of that deletion.
-            marker: object = entry.modify_index if entry is not None else ("missing", new_index)
+            # between two answers, and a holder must hear of that deletion. (Not so a control record.)
+            marker: object
+            if entry is not None:
+                marker = entry.modify_index
+            else:
+                marker = _MISSING_RECORD if "#" in key else ("missing", new_index)
             if reset or self._seen.get(key) != marker:
                 self._seen[key] = marker
                 changes.append(KeyChanged(key, entry.modify_index if entry is not None else new_index, entry, reset))
@@ -140,9 +151,11 @@ class WatchThread(threading.Thread):
         post: Callable[[KeyChanged | WatchFailed], None],
         stop: threading.Event,
         rng: _retry.Random,
+        stats: EngineStats | None = None,
         react: Callable[[KeyChanged], None] | None = None,
     ) -> None:
         super().__init__(name=f"singleton-watch[{watch.prefix}*]", daemon=True)
+        self._stats = stats
         self.watch = watch
         self._post = post
         self._react = react or post
@@ -171,8 +184,11 @@ class WatchThread(threading.Thread):
             except BackendError as exc:
                 if self.stopping():
                     break
+                if self._stats is not None:
+                    self._stats.count_error("watch", exc)
                 for key in self.watch.watched():
-                    self._post(WatchFailed(key, exc))
+                    if "#" not in key:  # the campaigns keep it; their records have no say in it
+                        self._post(WatchFailed(key, exc))
                 self._pause(self._errors.next())
                 continue
             except Exception:  # never let a bug kill the watch silently

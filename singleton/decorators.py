@@ -125,6 +125,9 @@ class LeaderOnlyHandle:
         election = self._attachment.get()
         if election is None:
             return None
+        callers = election._campaign.callers
+        if self not in callers:  # the campaign's count of skipped calls reads ours (off the call path)
+            callers[self] = self.skipped
         if wait and not election.wait_settled(0):
             timeout = self.startup_timeout
             if timeout is None:
@@ -473,6 +476,7 @@ def _decorate(func: Any, options: _Options[Any]) -> Any:
             if wants_token:
                 kwargs[_STOP_TOKEN] = token
             previous = _CURRENT.set(token)
+            campaign.runs += 1
             bodies = campaign.bodies
             bodies.append(None)
             try:
@@ -499,6 +503,7 @@ def _decorate(func: Any, options: _Options[Any]) -> Any:
         if wants_token:
             kwargs[_STOP_TOKEN] = token
         previous = _CURRENT.set(token)
+        campaign.runs += 1  # one store on a slot, under the GIL (for metrics: singleton.contrib.prometheus)
         bodies = campaign.bodies
         bodies.append(None)
         try:

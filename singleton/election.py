@@ -41,6 +41,11 @@ session destroyed. Release first: a destroy alone would start the lock-delay, a 
 take over at once. A key whose body is still running after the grace is not released; the session's
 destruction frees it after its lock-delay.
 
+*Operators' controls* (``singleton._controls``): a record beside the key, ``<key>#pause`` or
+``<key>#step-down``, reaches every campaign through the watch that covers the key. While paused no
+body starts anywhere and the holder keeps the key (its token fired); asked to step down, the holder
+ends its term, gives running bodies ``shutdown_grace``, releases, and stays out for the time asked.
+
 *Fork.* An Elector belongs to the process that created it. In a forked child every elector of the
 parent is disowned: its tokens fire, it refuses all use, and nothing is released (the parent still
 holds the keys). The process-wide one is replaced by a new elector on first use (``singleton._runtime``).
@@ -63,9 +68,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from singleton import _controls
 from singleton._campaign import Campaign, Phase
+from singleton._health import Health, check
 from singleton._log import RateLimitedLogger
+from singleton._phase import ATTEMPTING, TIMED
 from singleton._session import SessionEvent, SessionKeeper, SessionUnavailable
+from singleton._stats import EngineStats
 from singleton._watch import KeyChanged, PrefixWatch, WatchFailed, WatchThread, watch_prefixes
 from singleton.backends import Acquisition, Backend, create_backend
 from singleton.config import LOCK_DELAY_MAX, LeaseOverrides, LeaseSpec, Settings, holder_identity
@@ -125,8 +134,11 @@ class ElectionStatus:
     in_lock_delay: bool = False
     #: The campaign's phase (see :class:`~singleton._campaign.Phase`).
     phase: str = Phase.STARTING.value
-    #: Seconds until the next acquisition attempt, when one is scheduled.
+    #: Seconds until the next acquisition attempt, when one is scheduled (paused: until the pause ends;
+    #: stepped down: until this process campaigns again).
     next_attempt_in: float | None = None
+    #: An operator paused the key: no process runs its body (``reason`` says who, until when, why).
+    paused: bool = False
 
     @property
     def is_leader(self) -> bool:
@@ -144,6 +156,8 @@ class AcquireOutcome(str, enum.Enum):
     UNAVAILABLE = "unavailable"
     #: The elector was closed, or the key resigned, while waiting.
     CLOSED = "closed"
+    #: An operator paused the key (``singleton pause``) and the wait ran out before the pause did.
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -236,7 +250,7 @@ class Election:
         token = c.token
         leading = token is not None and not token.stopped
         now = self.elector._clock()
-        scheduled = c.phase in (Phase.STARTING, Phase.ATTEMPT_DUE, Phase.BACKING_OFF, Phase.LOCK_DELAY)
+        scheduled = c.phase in ATTEMPTING or c.phase in (Phase.PAUSED, Phase.STEPPED_DOWN)
         return ElectionStatus(
             key=c.key,
             full_key=c.full_key,
@@ -255,6 +269,7 @@ class Election:
             in_lock_delay=not leading and c.phase is Phase.LOCK_DELAY and c.due > now,
             phase=c.phase.value,
             next_attempt_in=max(0.0, c.due - now) if scheduled and math.isfinite(c.due) else None,
+            paused=c.controls.paused(now),
         )
 
     # -- waiting --------------------------------------------------------------------------------
@@ -362,7 +377,9 @@ class Election:
             if token is None:
                 raise LeadershipLost(self.key, self._campaign.reason or "this process does not hold the key")
         token.raise_if_stopped()
-        bodies = self._campaign.bodies
+        campaign = self._campaign
+        campaign.runs += 1
+        bodies = campaign.bodies
         bodies.append(None)
         try:
             with token.activate():
@@ -409,10 +426,14 @@ class _AcquireWait:
             until = self.settle_by
         elif c.error is not None and self.give_up_on_error and (not self.judged_first or wait_over):
             return AcquireResult(AcquireOutcome.UNAVAILABLE, reason=c.reason or str(c.error), error=c.error)
-        elif c.phase is Phase.WATCHING:
+        elif c.phase in (Phase.WATCHING, Phase.STEPPING_DOWN, Phase.STEPPED_DOWN):
             self.free_since = None
             if wait_over:
                 return AcquireResult(AcquireOutcome.HELD_ELSEWHERE, holder=c.holder, reason=c.reason)
+        elif c.phase is Phase.PAUSED:
+            self.free_since = None
+            if wait_over:
+                return AcquireResult(AcquireOutcome.PAUSED, holder=c.holder, reason=c.reason)
         elif c.phase is Phase.BACKING_OFF:
             if not self.give_up_on_error:
                 until = None
@@ -529,6 +550,11 @@ class Elector:
         self._closed = False
         self._close_done = threading.Event()
         self._rlog = RateLimitedLogger(_log, clock=clock)
+        #: Consul errors and renewal latency, for metrics (singleton.contrib.prometheus).
+        self.stats = EngineStats()
+        # The election thread's heartbeat (time.monotonic): when its last step ended, and the wait it chose.
+        self._beat: float | None = None
+        self._beat_wait = 0.0
         _live.add(self)
 
     def __repr__(self) -> str:
@@ -588,7 +614,13 @@ class Elector:
             group = self._groups.get(spec)
             if group is None:
                 keeper = SessionKeeper(
-                    spec, self.backend, name=self.session_name, clock=self._clock, rng=self._rng, rlog=self._rlog
+                    spec,
+                    self.backend,
+                    name=self.session_name,
+                    clock=self._clock,
+                    rng=self._rng,
+                    rlog=self._rlog,
+                    stats=self.stats,
                 )
                 group = self._groups[spec] = _Group(keeper)
             campaign = Campaign(
@@ -603,6 +635,8 @@ class Elector:
                 rng=self._rng,
                 rlog=self._rlog,
                 notify=self._notify,
+                grace=self.settings.shutdown_grace,
+                stats=self.stats,
             )
             election = Election(self, campaign)
             self._elections[full_key] = election
@@ -624,6 +658,7 @@ class Elector:
             if os.getpid() != self.pid:
                 raise SingletonError("an Elector cannot be used in a forked child; the child needs its own")
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._beat, self._beat_wait = time.monotonic(), 0.0
             self._thread.start()
         from singleton import _signals  # here: _signals reads this module's electors
 
@@ -632,6 +667,14 @@ class Elector:
 
     def status(self) -> list[ElectionStatus]:
         return [e.status() for e in self.elections]
+
+    def health(self, tolerance: float | None = None) -> Health:
+        """Whether the election thread is alive and every session holding a key is renewed on time.
+
+        For a readiness or liveness endpoint; see :func:`singleton.health` (``tolerance``: how late a
+        renewal may be, in seconds past its interval; default half the interval).
+        """
+        return check(self, tolerance)
 
     def close(self, grace: float | None = None) -> None:
         """Fire every token, give running bodies ``grace`` seconds, release the keys, destroy the sessions.
@@ -757,6 +800,7 @@ class Elector:
             except Exception:  # the thread must outlive any bug: log it and carry on
                 _log.exception("unexpected error in the election thread")
                 delay = 1.0
+            self._beat_wait, self._beat = delay, time.monotonic()
             try:
                 self._waiting = self._inbox.get(timeout=delay) if delay > 0 else None
             except queue.Empty:
@@ -778,6 +822,9 @@ class Elector:
             self._dispatch(group, group.keeper.tend(self._clock(), wanted=group.wanted()))
         for group in groups:
             keeper = group.keeper
+            for campaign in list(group.campaigns):  # the operators' phases first (singleton._controls)
+                if campaign.phase in TIMED and self._clock() >= campaign.due:
+                    campaign.controls.tick(self._clock())
             for campaign in list(group.campaigns):
                 if not campaign.wants_attempt(self._clock()):
                     continue
@@ -816,6 +863,10 @@ class Elector:
                 election = self._elections.get(message.full_key)
                 if election is not None:
                     election._campaign.on_key_changed(message)
+                elif (record := _controls.split_record_key(message.full_key)) is not None:
+                    election = self._elections.get(record[0])
+                    if election is not None:
+                        election._campaign.controls.on_record(record[1], message)
             elif isinstance(message, WatchFailed):  # the attempts say why better; keep it as history
                 election = self._elections.get(message.full_key)
                 if election is not None:
@@ -866,7 +917,7 @@ class Elector:
             watch = PrefixWatch(prefix, self.backend, self._watched_keys, self.settings.watch_wait)
             self._watches[prefix] = watch
             if self._watch_mode == "thread" and not self._stop.is_set():
-                thread = WatchThread(watch, self._post, self._stop, self._rng, react=self._react)
+                thread = WatchThread(watch, self._post, self._stop, self._rng, self.stats, react=self._react)
                 self._watch_threads[prefix] = thread
                 thread.start()
 
@@ -899,7 +950,13 @@ class Elector:
             self._post(_Attempted(campaign, session, outcome))
 
     def _watched_keys(self) -> list[str]:
-        return list(self._elections)
+        """Every key campaigned for, each after its control records (singleton._controls): a pause that
+        comes in the same answer as a release is posted before the watch thread may attempt."""
+        keys: list[str] = []
+        for full_key in list(self._elections):
+            keys.extend(_controls.record_keys(full_key))
+            keys.append(full_key)
+        return keys
 
     def _poll_watches(self) -> None:
         """watch="inline": read every prefix once instead of blocking queries (for tests without threads)."""
@@ -907,8 +964,10 @@ class Elector:
             try:
                 _, changes = watch.poll(0)
             except BackendError as exc:
+                self.stats.count_error("watch", exc)
                 for key in watch.watched():
-                    self._post(WatchFailed(key, exc))
+                    if "#" not in key:
+                        self._post(WatchFailed(key, exc))
                 continue
             for change in changes:
                 self._post(change)
@@ -920,14 +979,12 @@ class Elector:
         for group in list(self._groups.values()):
             keeper = group.keeper
             due = min(due, keeper.due(now, wanted=group.wanted(), leading=group.leading()))
-            if keeper.valid(now):
-                for campaign in group.campaigns:
-                    if campaign.phase in _SCHEDULED:
-                        due = min(due, campaign.due)
+            valid = keeper.valid(now)
+            for campaign in group.campaigns:
+                if campaign.phase in TIMED or (valid and campaign.phase in ATTEMPTING):
+                    due = min(due, campaign.due)
         return max(0.0, due - now)
 
-
-_SCHEDULED = frozenset({Phase.STARTING, Phase.ATTEMPT_DUE, Phase.BACKING_OFF, Phase.LOCK_DELAY})
 
 #: Every elector of this process, so that a forked child can disown them all.
 _live: weakref.WeakSet[Elector] = weakref.WeakSet()

@@ -335,6 +335,9 @@ def _campaign(election: Election, exit_on_lock_found: bool) -> StopToken | None:
         if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
             _log.info("%r is held by %s: not running the job (exit_on_lock_found)", election.key, result.holder)
             return None
+        if result.outcome is AcquireOutcome.PAUSED:  # only with exit_on_lock_found: a wait for ever waits it out
+            _log.info("%r is %s: not running the job (exit_on_lock_found)", election.key, result.reason)
+            return None
         if result.outcome is AcquireOutcome.CLOSED:
             raise LeadershipLost(election.key, result.reason or "the election was closed")
 

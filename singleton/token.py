@@ -9,7 +9,8 @@ stays fired. It fires when
   successful one was *sent* (Consul cannot invalidate the session before ``ttl`` after it received
   that renewal, so the token fires at least ``margin`` seconds before another node could take the
   lock, and a further ``lock_delay`` seconds before when the key was held at invalidation),
-* the process shuts down or resigns the key.
+* the process shuts down or resigns the key,
+* an operator paused the key or asked this process to step down (``singleton pause``, ``step-down``).
 
 The lease is checked on every read of :attr:`StopToken.stopped` and bounds every wait, so the token is
 right on time even if the election thread is busy or blocked on the network.
@@ -72,6 +73,12 @@ class StopCause(str, enum.Enum):
     RESIGNED = "resigned"
     #: This process is shutting down (the key is released after running bodies end).
     SHUTDOWN = "shutdown"
+    #: An operator paused the key (``singleton pause``): this process keeps the key while running
+    #: bodies end, and nobody else can take it meanwhile.
+    PAUSED = "paused"
+    #: An operator asked this process to step down (``singleton step-down``): the key is released once
+    #: running bodies end (they get ``shutdown_grace``; the key stays held for as long as one runs).
+    STEPPED_DOWN = "stepped_down"
     #: A forked child's copy of its parent's token.
     FORKED = "forked"
 

@@ -86,6 +86,14 @@ class Partitionable(Backend):
         self._check()
         return self.inner.release(key, session_id, value)
 
+    def put(self, key: str, value: bytes) -> None:
+        self._check()
+        self.inner.put(key, value)
+
+    def delete(self, key: str, *, cas: int | None = None) -> bool:
+        self._check()
+        return self.inner.delete(key, cas=cas)
+
     def read(self, key: str) -> tuple[int, KeyInfo | None]:
         self._check()
         return self.inner.read(key)
@@ -113,6 +121,7 @@ def memory_elector(
     margin: float | None = None,
     check_ttl: float | None = None,
     inline: bool = True,
+    wall_clock: Callable[[], float] = time.time,
     **settings: object,
 ) -> Elector:
     """An elector on ``backend``: inline (driven by step(), for fake clocks) or threaded."""
@@ -126,6 +135,7 @@ def memory_elector(
         config,
         backend=backend,
         clock=clock,
+        wall_clock=wall_clock,
         watch="inline" if inline else "thread",
         rng=random.Random(7),
     )

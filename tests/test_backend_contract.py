@@ -177,6 +177,35 @@ def test_watch_prefix_and_list_keys(subject: Subject) -> None:
     assert {e.key: e.session for e in entries} == {prefix + "x": session, prefix + "y": None}
 
 
+def test_put_and_delete_plain_keys_move_the_prefix_watch(subject: Subject) -> None:
+    """Control records: plain writes beside a lock, under a reserved suffix, seen by the prefix watch."""
+    backend, prefix = subject.backend, subject.prefix + "ctl/"
+    lock, record = prefix + "job", prefix + "job#pause"
+    session = backend.create_session(name="c", ttl=10, lock_delay=0)
+    assert backend.acquire(lock, session, b"host:1").acquired
+    index, _ = backend.watch_prefix(prefix, 0, 30)
+    threading.Timer(0.3, backend.put, args=(record, b'{"by": "ops"}')).start()
+    put_index, entries = backend.watch_prefix(prefix, index, 30)
+    assert put_index > index
+    by_key = {e.key: e for e in entries}
+    assert set(by_key) == {lock, record}, "the '#' of the suffix travels percent-encoded and comes back as it is"
+    assert by_key[record].value == b'{"by": "ops"}'
+    assert by_key[record].session is None
+    assert by_key[lock].session == session, "a write beside the lock leaves the lock alone"
+    _, written = backend.read(record)
+    assert written is not None
+    assert not backend.delete(record, cas=written.modify_index + 1000), "cas: only at the index given"
+    threading.Timer(0.3, backend.delete, args=(record,), kwargs={"cas": written.modify_index}).start()
+    deleted_index, entries = backend.watch_prefix(prefix, put_index, 30)
+    assert deleted_index != put_index, "a deletion moves the prefix watch too"
+    assert [e.key for e in entries] == [lock]
+    assert backend.read(record)[1] is None
+    assert backend.delete(record), "a missing key is gone already"
+    assert backend.delete(record, cas=written.modify_index)
+    backend.put(record, b"again")
+    assert [e.key for e in backend.list_keys(prefix)] == [lock, record]
+
+
 CRASHER = textwrap.dedent(
     """
     import sys, time

@@ -8,7 +8,8 @@ It calls its decorated job every ``--interval`` seconds and appends one line per
     <wall time> <pid> stopped <reason>   a long job saw its stop token fire
 
 ``--mode long`` runs one long job that works until its stop token fires. SIGTERM exits cleanly (the
-exit hook releases the key); SIGKILL is a crash.
+exit hook releases the key); SIGKILL is a crash. ``--metrics-port`` serves singleton's Prometheus
+metrics on 127.0.0.1 (singleton.contrib.prometheus).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=["short", "long"], default="short")
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--job-seconds", type=float, default=0.0)
+    parser.add_argument("--metrics-port", type=int, help="serve the Prometheus metrics on this port")
     args = parser.parse_args()
     if args.lock_delay is None:
         args.lock_delay = LeaseSpec(ttl=args.ttl, check_ttl=args.check_ttl).min_lock_delay
@@ -47,6 +49,13 @@ def main() -> int:
     else:
         singleton.configure(address=args.addr, timeout=2, **lease)
     fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from singleton.contrib.prometheus import register
+
+        register()
+        start_http_server(args.metrics_port, addr="127.0.0.1")
 
     def log(event: str) -> None:
         os.write(fd, f"{time.time():.6f} {os.getpid()} {event}\n".encode())

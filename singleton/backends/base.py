@@ -164,6 +164,27 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def put(self, key: str, value: bytes) -> None:
+        """Write ``key`` as a plain entry (no session, flags 0), creating it or replacing its value.
+
+        For the engine's control records (``<key>#pause``...), never for a key that is locked.
+
+        :raises BackendUnavailable: the service cannot answer now (the write may or may not have landed)
+        :raises AccessDenied: the ACL token may not write the key
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str, *, cas: int | None = None) -> bool:
+        """Delete ``key`` (no lock-delay follows). Returns whether the key is gone.
+
+        With ``cas``, only while the key's ``modify_index`` is still ``cas``: False when it was written
+        since. A missing key is gone already: True, as Consul answers.
+
+        :raises BackendUnavailable: the service cannot answer now
+        :raises AccessDenied: the ACL token may not write the key
+        """
+
+    @abc.abstractmethod
     def read(self, key: str) -> tuple[int, KeyInfo | None]:
         """``(index, entry)`` of the key now; entry is None when the key does not exist.
 

@@ -395,6 +395,24 @@ class ConsulBackend(Backend):
             raise self._not_consul(what, f"it answered {self._excerpt(answer)}, not true or false")
         return done
 
+    def put(self, key: str, value: bytes) -> None:
+        what = f"writing key {key!r}"
+        answer = self._request("PUT", f"/v1/kv/{_key_path(key)}", what=what, body=value, idempotent=True)
+        self._expect(answer, what, _key_rule(key, "write"))
+        if self._json(answer, what) is not True:
+            raise self._not_consul(what, f"it answered {self._excerpt(answer)}, not true")
+
+    def delete(self, key: str, *, cas: int | None = None) -> bool:
+        what = f"deleting key {key!r}"
+        query = [] if cas is None else [("cas", str(cas))]
+        # Sent again on a broken connection only without cas: a second try of a CAS that landed says False.
+        answer = self._request("DELETE", f"/v1/kv/{_key_path(key)}", what=what, query=query, idempotent=cas is None)
+        self._expect(answer, what, _key_rule(key, "write"))
+        done = self._json(answer, what)
+        if not isinstance(done, bool):
+            raise self._not_consul(what, f"it answered {self._excerpt(answer)}, not true or false")
+        return done
+
     def _get(
         self, path: str, what: str, rule: str, query: Sequence[tuple[str, str | None]], wait: float | None
     ) -> tuple[int, list[KeyInfo]]:

@@ -16,6 +16,10 @@ The kernel releases a dead process's ``flock`` at once, so:
 * indexes grow by two on every write, and a key whose recorded holder died reads one higher, so the
   index moves on a crash too and ``modify_index`` stays a fencing token across holders.
 
+Plain entries (``put``, for control records such as ``<key>#pause``) are state files without a lock;
+each write takes an index above every other in the directory, and a deletion leaves a tombstone with
+one, so the prefix watches see both.
+
 Followers learn of a release by looking at the lock file every 50 ms (a non-blocking shared-lock
 probe and a read of the small JSON file): negligible work on one host, and no blocking query exists
 for files. Lock files are never deleted: unlinking a held lock file would let a second process lock a
@@ -145,6 +149,8 @@ class FileBackend(Backend):
         if state is None:
             return 1, None
         index = int(state["modify_index"])
+        if state.get("deleted"):
+            return index, None
         session = state.get("session")
         if session and not self._locked_by_someone(key):
             # The recorded holder died without releasing: the kernel freed its lock.
@@ -275,6 +281,41 @@ class FileBackend(Backend):
                 os.close(fd)  # drops the flock: the key is free at once
             return True
 
+    def _next_index(self) -> int:
+        """An even index above every one in the directory: a plain write moves every prefix watch on it."""
+        top = max((int(state.get("modify_index", 0)) for state in self._states()), default=0)
+        return top + 2 - top % 2
+
+    def put(self, key: str, value: bytes) -> None:
+        self._ensure_directory()
+        with self._lock:
+            previous = self._read_state(key) or {}
+            if previous.get("deleted"):
+                previous = {}
+            index = self._next_index()
+            state = {
+                "key": key,
+                "session": previous.get("session"),  # as Consul does: a plain write keeps the Session
+                "session_name": previous.get("session_name"),
+                "value": value.decode("utf-8", "replace"),
+                "flags": 0,
+                "pid": previous.get("pid"),
+                "create_index": int(previous.get("create_index", index)),
+                "modify_index": index,
+                "lock_index": 0,
+            }
+            self._write_state(key, state)
+
+    def delete(self, key: str, *, cas: int | None = None) -> bool:
+        """Replace the key's state with a tombstone (its index moves prefix watches); the lock file stays."""
+        with self._lock:
+            current, entry = self._entry(key)
+            if cas is not None and entry is not None and current != cas:
+                return False
+            if entry is not None:
+                self._write_state(key, {"key": key, "deleted": True, "modify_index": self._next_index()})
+            return True
+
     def read(self, key: str) -> tuple[int, KeyInfo | None]:
         return self._entry(key)
 
@@ -301,21 +342,26 @@ class FileBackend(Backend):
                     states.append(state)
         return states
 
-    def list_keys(self, prefix: str) -> list[KeyInfo]:
+    def _scan(self, prefix: str) -> tuple[int, list[KeyInfo]]:
+        """The highest index under ``prefix`` (deleted keys' tombstones included) and its entries."""
         entries = []
+        top = 1
         for state in self._states():
             key = str(state["key"])
             if key.startswith(prefix):
-                _, entry = self._entry(key)
+                index, entry = self._entry(key)
+                top = max(top, index)
                 if entry is not None:
                     entries.append(entry)
-        return sorted(entries, key=lambda e: e.key)
+        return top, sorted(entries, key=lambda e: e.key)
+
+    def list_keys(self, prefix: str) -> list[KeyInfo]:
+        return self._scan(prefix)[1]
 
     def watch_prefix(self, prefix: str, index: int, wait: float) -> tuple[int, list[KeyInfo]]:
         deadline = time.monotonic() + wait
         while True:
-            entries = self.list_keys(prefix)
-            current = max((e.modify_index for e in entries), default=1)
+            current, entries = self._scan(prefix)
             if not index or current != index or time.monotonic() >= deadline:
                 return current, entries
             time.sleep(POLL_INTERVAL)

@@ -6,7 +6,7 @@ they would on Consul. Several electors sharing one :class:`MemoryBackend` behave
 sharing one Consul cluster.
 
 Extra controls for tests: :attr:`MemoryBackend.down` makes every call fail with
-:class:`~singleton.errors.BackendUnavailable` (an outage); :meth:`delete` and
+:class:`~singleton.errors.BackendUnavailable` (an outage); :meth:`delete` (of the contract) and
 :meth:`invalidate_session` do what an operator would with ``consul kv delete`` or
 ``consul session destroy``; :meth:`replay_lock_delay` does what restarted servers do with an old
 invalidation; :attr:`calls` counts the calls by method name.
@@ -193,6 +193,29 @@ class MemoryBackend(Backend):
             self._keys[key] = replace(entry, session=None, value=new_value, modify_index=self._bump())
             return True
 
+    def put(self, key: str, value: bytes) -> None:
+        with self._cond:
+            self._enter("put")
+            entry = self._keys.get(key)
+            index = self._bump()
+            if entry is None:
+                self._keys[key] = KeyInfo(key, None, value, 0, index, index, 0)
+            else:  # as Consul does for a plain write: the Session stays, the LockIndex goes back to 0
+                self._keys[key] = replace(entry, value=value, flags=0, modify_index=index, lock_index=0)
+            self._tombstones.pop(key, None)
+
+    def delete(self, key: str, *, cas: int | None = None) -> bool:
+        """Delete the key, as ``consul kv delete`` would (no lock-delay follows)."""
+        with self._cond:
+            self._enter("delete")
+            entry = self._keys.get(key)
+            if cas is not None and entry is not None and entry.modify_index != cas:
+                return False
+            if entry is not None:
+                del self._keys[key]
+                self._tombstones[key] = self._bump()
+            return True
+
     def read(self, key: str) -> tuple[int, KeyInfo | None]:
         with self._cond:
             self._enter("read")
@@ -234,12 +257,6 @@ class MemoryBackend(Backend):
             return sorted((e for k, e in self._keys.items() if k.startswith(prefix)), key=lambda e: e.key)
 
     # -- operator and test controls ---------------------------------------------------------------
-
-    def delete(self, key: str) -> None:
-        """Delete the key, as ``consul kv delete`` would (no lock-delay follows)."""
-        with self._cond:
-            if self._keys.pop(key, None) is not None:
-                self._tombstones[key] = self._bump()
 
     def invalidate_session(self, session_id: str) -> None:
         """Invalidate the session as an operator's ``consul session destroy`` would (lock-delay applies)."""

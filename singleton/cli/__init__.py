@@ -6,25 +6,30 @@
     singleton run --key reports/nightly --no-wait -- ./nightly-report   # exit 0, silent, when held elsewhere
     singleton status reports/nightly                                    # exit 0 held, 1 free
     singleton status --json
+    singleton pause reports/nightly --for 600 --reason migration        # no process runs it meanwhile
+    singleton resume reports/nightly
+    singleton step-down reports/nightly --for 60                        # move leadership off its holder
 
 Consul is reached through the Consul CLI's environment variables (``CONSUL_HTTP_ADDR``,
 ``CONSUL_HTTP_TOKEN``, ``CONSUL_HTTP_TOKEN_FILE``, ``CONSUL_CACERT``, ...) read by
 :meth:`Settings.from_env <singleton.config.Settings.from_env>`; ``--address``, ``--token`` and
 ``--token-file`` override them. Keys are relative to ``SINGLETON_KEY_PREFIX`` (or ``--key-prefix``).
 
-The commands live in :mod:`singleton.cli._run` and :mod:`singleton.cli._status`.
+The commands live in :mod:`singleton.cli._run`, :mod:`singleton.cli._status` and
+:mod:`singleton.cli._controls` (pause, resume, step-down).
 
 Exit codes
 ----------
 =====  =====================================================================================
 0..    ``run``: the command's own exit code (128 + N when signal N killed it)
 0      ``status``: every key named is held (without keys: at least one key is held)
-1      ``status``: a key named is free (without keys: none is held)
+1      ``status``: a key named is free (without keys: none is held); ``step-down``: nobody holds the key
 64     bad arguments or settings (EX_USAGE)
 69     Consul unreachable, or an ACL denied a call (EX_UNAVAILABLE)
 0      ``run --no-wait`` / ``--wait S``: another process holds the key, so it runs the command there
-75     ``run --fail-if-held``: another process holds the key; ``--wait S``: not acquired in time
-       for another reason (EX_TEMPFAIL)
+75     ``run --fail-if-held``: another process holds the key (or it is paused); ``--wait S``: not
+       acquired in time for another reason (EX_TEMPFAIL); ``step-down``: the holder has not let go
+       within ``--wait``
 76     ``run``: the lock was lost while the command ran; it was stopped
 126    ``run``: the command could not be executed (permission denied, not executable)
 127    ``run``: the command was not found
@@ -56,6 +61,7 @@ from singleton.cli._common import (
     address_option,
     seconds_option,
 )
+from singleton.cli._controls import add_control_commands, cmd_pause, cmd_resume, cmd_step_down
 from singleton.cli._run import DEFAULT_KILL_GRACE, KILL_SAFETY, KillPlan, cmd_run, kill_deadline
 from singleton.cli._status import cmd_status
 from singleton.config import LOCK_DELAY_MAX
@@ -124,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("-v", "--verbose", action="store_true", help="say what happens (acquired, released, retries)")
     talk.add_argument("-q", "--quiet", action="store_true", help="print errors only")
 
-    sub = parser.add_subparsers(dest="subcommand", metavar="{run,status}", parser_class=Parser)
+    sub = parser.add_subparsers(dest="subcommand", metavar="{run,status,pause,resume,step-down}", parser_class=Parser)
     sub.required = True
 
     run = sub.add_parser(
@@ -192,17 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         parents=[common],
         help="who holds which key",
-        description="Show who holds each KEY (hostname:pid), since when, the session and the fencing index.\n"
-        "Without KEY, every held key under the key prefix. Exit 0 when every KEY is held, 1 when one is free.",
+        description="Show who holds each KEY (hostname:pid), since when, the session and the fencing index,\n"
+        "and whether it is paused. Without KEY, every held or paused key under the key prefix.\n"
+        "Exit 0 when every KEY is held, 1 when one is free.",
         epilog=EXIT_CODES_HELP + "\n" + ENVIRONMENT_HELP,
         formatter_class=formatter,
     )
     status.add_argument("keys", nargs="*", metavar="KEY", help="keys to show (default: every held key)")
     status.add_argument("--json", action="store_true", help="print a JSON list of objects, one per key")
+    add_control_commands(sub, common, formatter, ENVIRONMENT_HELP)
     return parser
 
 
 # -- entry point ------------------------------------------------------------------------------------
+
+_CONTROLS = {"pause": cmd_pause, "resume": cmd_resume, "step-down": cmd_step_down}
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
@@ -226,6 +236,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         out = Output(prog, verbosity, err_stream)
         if args.subcommand == "run":
             return cmd_run(args, out)
+        if args.subcommand in _CONTROLS:
+            return _CONTROLS[args.subcommand](args, out, out_stream)
         return cmd_status(args, out_stream)
     except Exit as exc:
         if exc.message is not None and exc.shown(verbosity):

@@ -29,11 +29,12 @@ EXIT_CODES_HELP = """\
 exit codes:
   0..    run: the command's own exit code (128+N when signal N killed it)
   0      status: every key named is held (without keys: at least one is held)
-  1      status: a key named is free (without keys: none is held)
+  1      status: a key named is free (without keys: none is held); step-down: nobody holds the key
   64     bad arguments or settings
   69     Consul unreachable, or an ACL denied a call
   0      run --no-wait / --wait S: another process holds the key (it runs the command there)
-  75     run --fail-if-held: another process holds the key; --wait S: the key was not acquired in time
+  75     run --fail-if-held: another process holds the key (or it is paused); --wait S: the key was not
+         acquired in time; step-down: the holder has not let go within --wait
   76     run: the lock was lost while the command ran; it was stopped
   126    run: the command could not be executed
   127    run: the command was not found

@@ -28,7 +28,10 @@
      after the lease's end). After a release the session is looked up at once, and if it still exists
      (the key was released explicitly, with no lock-delay) SIGKILL follows immediately;
    * the key was deleted or taken by another session, a renewal found the session gone (when it went
-     is unknown), or anything else: another process may hold the key already, so SIGKILL at once.
+     is unknown), or anything else: another process may hold the key already, so SIGKILL at once;
+   * an operator paused the key or asked this process to step down (``singleton pause``, ``step-down``):
+     the command runs as a leader-only body, so the key stays held until it has exited; SIGKILL follows
+     ``--kill-grace`` seconds after the SIGTERM.
 
    The run then ends with exit 76 once the command has exited.
 7. When the command exits the key is released and the session destroyed (release first: a follower
@@ -65,7 +68,7 @@ from singleton.cli._common import (
 )
 from singleton.config import LeaseOverrides, LeaseSpec, Settings
 from singleton.election import AcquireOutcome, Election, Elector, Phase
-from singleton.errors import BackendError
+from singleton.errors import BackendError, LeadershipLost
 from singleton.exitcodes import EXIT_HELD_ELSEWHERE, EXIT_LEADERSHIP_LOST, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from singleton.token import StopCause, StopToken
 
@@ -171,6 +174,10 @@ def kill_deadline(
     # ended the session at once after it (a node deregistration), and then nobody can take the key for
     # the lock-delay: that is the earliest takeover whenever the session was invalidated.
     renewed = (lease_end if lease_end is not None else fired_at) - spec.lease
+    if cause in (StopCause.PAUSED, StopCause.STEPPED_DOWN):
+        # The command is a running body: a paused holder keeps the key, one stepping down releases it
+        # only once its bodies have ended. Nobody else can start before the command is gone.
+        return KillPlan(kill_at=fired_at + grace, why="the key stays held until the command has exited")
     if cause is StopCause.KEY_RELEASED:
         takeover = renewed + spec.lock_delay
         why = f"the session was invalidated: nobody can take the key for its {spec.lock_delay:g}s lock-delay"
@@ -311,6 +318,11 @@ class _Run:
             return result.token
         if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
             raise self._held_elsewhere(result.holder, waited)
+        if result.outcome is AcquireOutcome.PAUSED:  # as held elsewhere: an operator meant nobody to run it
+            message = f"{self.args.key!r} is {result.reason or 'paused'}; not running the command ({waited})"
+            if self.args.fail_if_held:
+                raise Exit(EXIT_HELD_ELSEWHERE, message, error=False)
+            raise Exit(EXIT_OK, message, error=False, detail=True)
         if result.error is not None:
             raise attempt_failed(self.args.key, result.reason or str(result.error))
         if not election.wait_settled(0):
@@ -341,6 +353,16 @@ class _Run:
         self._interrupted()
         if token.wait(0):  # lost already: campaign again rather than start the command without the lock
             return None
+        try:
+            # A leader-only body: a step-down keeps the key held until the command has exited.
+            with election.body(token):
+                return self._run_child(election, token, env, fired, session)
+        except LeadershipLost:  # fired between the look above and the body's
+            return None
+
+    def _run_child(
+        self, election: Election, token: StopToken, env: dict[str, str], fired: list[float], session: str
+    ) -> int:
         try:
             child = subprocess.Popen(self.command, env=env, start_new_session=True)
         except OSError as exc:

@@ -12,6 +12,9 @@ an acquisition sets a LockIndex of 1 or more). So a held key with a LockIndex of
 cannot be known from outside, and is said to be so; ``--json`` gives ``fence`` (or null),
 ``lock_index`` and ``modify_index`` as Consul has them. (A write that re-acquires with the holder's
 own session ID keeps the LockIndex: nobody but the holder should know that ID.)
+
+A key paused by ``singleton pause`` says so, with who paused it, until when and why (``--json``:
+``paused``, or null); without KEY, paused keys are shown even when nobody holds them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import time
 from typing import Any, TextIO
 
+from singleton._controls import PAUSE, Pause, parse_pause, record_key, split_record_key
 from singleton._text import escape
 from singleton.backends import KeyInfo, SessionInfo, create_backend
 from singleton.cli._common import EXIT_FREE, settings_from, unavailable
@@ -77,7 +81,9 @@ def _safe(text: str | None) -> str | None:
     return escaped
 
 
-def _describe(key: str, full_key: str, entry: KeyInfo | None, info: SessionInfo | None) -> dict[str, Any]:
+def _describe(
+    key: str, full_key: str, entry: KeyInfo | None, info: SessionInfo | None, pause: Pause | None = None
+) -> dict[str, Any]:
     held = entry is not None and entry.session is not None
     since = _since(entry.flags) if entry is not None and held else None
     return {
@@ -97,10 +103,19 @@ def _describe(key: str, full_key: str, entry: KeyInfo | None, info: SessionInfo 
         "fence": entry.modify_index if entry is not None and held and entry.lock_index > 0 else None,
         "lock_index": entry.lock_index if entry is not None else None,
         "modify_index": entry.modify_index if entry is not None else None,
+        "paused": pause.as_json() if pause is not None and pause.in_force(time.time()) else None,
+        "paused_text": pause.describe() if pause is not None and pause.in_force(time.time()) else None,
     }
 
 
 def _line(item: dict[str, Any]) -> str:
+    line = _held_line(item)
+    if item["paused_text"]:
+        line += f"; {_safe(item['paused_text'])}"
+    return line
+
+
+def _held_line(item: dict[str, Any]) -> str:
     key = _safe(item["key"])
     if not item["held"]:
         if not item["exists"]:
@@ -130,11 +145,24 @@ def cmd_status(args: argparse.Namespace, stdout: TextIO) -> int:
     backend = create_backend(settings)
     items: list[dict[str, Any]] = []
     try:
+        pauses: dict[str, Pause] = {}
         if wanted:
-            found = [(key, full_key, backend.read(full_key)[1]) for key, full_key in wanted]
+            found = []
+            for key, full_key in wanted:
+                found.append((key, full_key, backend.read(full_key)[1]))
+                _, record = backend.read(record_key(full_key, PAUSE))
+                if record is not None:
+                    pauses[full_key] = parse_pause(record)
         else:
             prefix = settings.key_prefix
-            found = [(e.key[len(prefix) :], e.key, e) for e in backend.list_keys(prefix) if e.session is not None]
+            entries = backend.list_keys(prefix)
+            for e in entries:
+                split = split_record_key(e.key)
+                if split is not None and split[1] == PAUSE and parse_pause(e).in_force(time.time()):
+                    pauses[split[0]] = parse_pause(e)
+            keys = {e.key: e for e in entries if "#" not in e.key}
+            shown = sorted({k for k, e in keys.items() if e.session is not None} | set(pauses))
+            found = [(k[len(prefix) :], k, keys.get(k)) for k in shown]
         for key, full_key, entry in found:
             info = None
             if entry is not None and entry.session is not None:
@@ -142,15 +170,17 @@ def cmd_status(args: argparse.Namespace, stdout: TextIO) -> int:
                     info = backend.session_info(entry.session)
                 except AccessDenied:  # the holder is still known from the key; the session's details are extra
                     info = None
-            items.append(_describe(key, full_key, entry, info))
+            items.append(_describe(key, full_key, entry, info, pauses.get(full_key)))
     except BackendError as exc:
         raise unavailable(exc) from None
     finally:
         backend.close()
     if args.json:
+        for item in items:
+            del item["paused_text"]
         print(json.dumps(items, indent=2), file=stdout)
     elif not items:
-        print(f"no key is held under {settings.key_prefix or 'the root'!r}", file=stdout)
+        print(f"no key is held or paused under {settings.key_prefix or 'the root'!r}", file=stdout)
     else:
         for item in items:
             print(_line(item), file=stdout)

@@ -153,6 +153,8 @@ class _NotRun:
 
     holder: str | None
     reason: str
+    #: An operator paused the key: nobody runs it (``reason`` says who and until when).
+    paused: bool = False
 
 
 def _one_line(text: str) -> str:
@@ -193,6 +195,8 @@ def run_exclusively(
                 )
             mine = " (another elector of this very process)" if outcome.holder == elector.identity else ""
             message = f"{label}: not run here: the lock {full_key!r} is held by {_one_line(outcome.holder)}{mine}"
+            if outcome.paused:  # treated as held elsewhere: quiet unless asked, as an operator meant it
+                message = f"{label}: not run: {full_key!r} is {_one_line(outcome.reason)}"
             # The holder runs it: quiet success, unless a failure code was asked for.
             if plan.fail_if_held:
                 raise CommandError(message, returncode=EXIT_HELD_ELSEWHERE)
@@ -240,6 +244,8 @@ def _acquire(election: Election, plan: LeaderPlan, *, label: str, stderr: Any, v
         return result.token
     if result.outcome is AcquireOutcome.HELD_ELSEWHERE:
         return _NotRun(result.holder or "another session", result.reason or "held elsewhere")
+    if result.outcome is AcquireOutcome.PAUSED:
+        return _NotRun(result.holder or "nobody", result.reason or "paused", paused=True)
     return _NotRun(None, result.reason or "the key could not be acquired")
 
 
