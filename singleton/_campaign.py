@@ -34,6 +34,7 @@ from typing import Any
 
 from singleton import _retry
 from singleton._controls import Controls
+from singleton._keyview import KeyView
 from singleton._log import RateLimitedLogger
 from singleton._phase import ATTEMPTING, Phase
 from singleton._session import LeaseExpired, SessionEvent, SessionKeeper, SessionLost, SessionUnavailable
@@ -44,12 +45,10 @@ from singleton.config import LeaseSpec
 from singleton.errors import AccessDenied, BackendError, SessionInvalidated
 from singleton.token import StopCause, StopToken
 
-__all__ = ["LOCK_DELAY_SLACK", "Campaign", "Phase"]
+__all__ = ["Campaign", "Phase"]
 
 _log = logging.getLogger("singleton.election")
 
-#: After a lock-delay has surely ended by our clock, Consul's own clock may still need a moment.
-LOCK_DELAY_SLACK = 0.05
 _NOW_OR_NEVER = math.inf
 
 
@@ -66,12 +65,7 @@ class Campaign:
         "_clock",
         "_denied",
         "_errors",
-        "_holder_lock_delay",
         "_notify",
-        "_race",
-        "_recheck",
-        "_released_at",
-        "_released_lock_delay",
         "_rlog",
         "_wall",
         "backend",
@@ -82,8 +76,6 @@ class Campaign:
         "error",
         "full_key",
         "held_by",
-        "holder",
-        "holder_session",
         "identity",
         "keeper",
         "key",
@@ -94,13 +86,13 @@ class Campaign:
         "reason",
         "resigning",
         "runs",
-        "seen_index",
         "settled",
         "spec",
         "stats",
         "terms_ended",
         "terms_won",
         "token",
+        "view",
     )
 
     def __init__(
@@ -139,13 +131,8 @@ class Campaign:
         #: Set by Election.resign() in the caller's thread before it releases the key, cleared when the
         #: election thread handles the resignation: until then, no attempt and no reaction to the release.
         self.resigning = False
-        # -- what this process knows of the key ---------------------------------------------------
-        self.seen_index = 0
-        self.holder: str | None = None
-        self.holder_session: str | None = None
-        self._holder_lock_delay: float | None = None
-        self._released_at: float | None = None
-        self._released_lock_delay: float | None = None
+        #: What this process knows of the key's holders.
+        self.view = KeyView(backend, spec.lock_delay or 0.0, rng)
         #: The session that holds the key by the latest news (ours or None): what shutdown releases.
         self.held_by: str | None = None
         #: The error of the latest attempt (or session creation); None once one had an answer.
@@ -163,8 +150,6 @@ class Campaign:
         self.owner: object = self
         self._errors = _retry.ACQUIRE_ERROR.start(rng)
         self._denied = _retry.ACCESS_DENIED.start(rng)
-        self._recheck = _retry.LOCK_DELAY_RECHECK.start(rng)
-        self._race = _retry.RACE.start(rng)
         #: Pause and step-down (``grace``: what running bodies get when stepping down).
         self.controls = Controls(self, grace=grace, rng=rng)
         # -- counts, for metrics (singleton._stats) ------------------------------------------------
@@ -187,6 +172,14 @@ class Campaign:
     def leading(self) -> bool:
         token = self.token
         return token is not None and not token.stopped
+
+    @property
+    def holder(self) -> str | None:
+        return self.view.holder
+
+    @property
+    def holder_session(self) -> str | None:
+        return self.view.holder_session
 
     @property
     def skipped(self) -> int:
@@ -339,7 +332,7 @@ class Campaign:
             )
             self._lead(entry, session)
             return
-        self._observe(entry, now)
+        self.view.observe(entry, now, self.keeper.id)
         # 3. Refused: another session holds the key. The watch says when that changes.
         if holder_session is not None:
             self.held_by = None
@@ -349,19 +342,17 @@ class Campaign:
         #    lock-delays, another process won a race.
         if not self.backend.lock_delays:
             self._to(
-                Phase.LOCK_DELAY, "the key was taken and let go meanwhile; looking again", due=now + self._race.next()
+                Phase.LOCK_DELAY, "the key was taken and let go meanwhile; looking again", due=self.view.race_end(now)
             )
             return
-        end = self._lock_delay_end(now)
+        end = self.view.lock_delay_end(now)
         self._to(
             Phase.LOCK_DELAY, f"the key is free but inside a lock-delay; next attempt in {end - now:.2f}s", due=end
         )
 
     def _lead(self, entry: KeyInfo, session: str) -> None:
-        self._recheck.reset()
-        self._race.reset()
-        self.seen_index = max(self.seen_index, entry.modify_index)
-        self.holder, self.holder_session, self.held_by = self.identity, session, session
+        self.view.ours(entry, self.identity, session)
+        self.held_by = session
         # The key is ours; a term starts unless an operator paused it (singleton._controls, rule 1).
         unread = self.controls.ensure_known()
         if unread is not None:
@@ -375,55 +366,23 @@ class Campaign:
         )
         self._to(Phase.LEADING, None, token=token)
 
-    def _lock_delay_end(self, now: float) -> float:
-        """When the lock-delay of the key's last holder has surely ended, by our clock."""
-        delay = self._released_lock_delay
-        if delay is None:
-            delay = self.spec.lock_delay or 0.0
-        seen = self._released_at
-        end = (now if seen is None else seen) + delay + LOCK_DELAY_SLACK
-        if end <= now:
-            # By our reckoning it is over, yet Consul still refuses: a clock or a delay we do not know
-            # (a replayed one). Look again soon, a little later each time, until a holder changes.
-            end = now + self._recheck.next()
-        return end
-
-    def _observe(self, entry: KeyInfo | None, now: float) -> None:
-        """Record who holds the key, and when a holder let go (for the lock-delay arithmetic)."""
-        session = entry.session if entry is not None else None
-        if session != self.holder_session:
-            if self.holder_session is not None and session is None:
-                self._released_at = now
-                self._released_lock_delay = self._holder_lock_delay
-            self._holder_lock_delay = None
-            if session is not None:
-                self._recheck.reset()
-                self._race.reset()
-                if session != self.keeper.id:
-                    try:
-                        info = self.backend.session_info(session)
-                        self._holder_lock_delay = info.lock_delay if info is not None else None
-                    except BackendError as exc:
-                        _log.debug("could not read the holder's session %s: %s", session, exc)
-            self.holder_session = session
-        self.holder = entry.holder if entry is not None and session is not None else None
-
     # -- a watch's news -----------------------------------------------------------------------------
 
     def on_key_changed(self, change: KeyChanged) -> None:
         """What a change of the key means, step by step."""
         # 1. An index that went backwards (a restarted dev agent) resets what we know.
+        view = self.view
         if change.reset:
-            self.seen_index = 0
+            view.seen_index = 0
         # 2. Older than what we know already: a watch that began before our own acquisition.
-        if change.index < self.seen_index:
+        if change.index < view.seen_index:
             return
-        self.seen_index = change.index
+        view.seen_index = change.index
         now = self._clock()
         entry = change.entry
         session = entry.session if entry is not None else None
-        self._observe(entry, now)
         ours = self.keeper.id
+        view.observe(entry, now, ours)
         if session is None or session != ours:
             self.held_by = None
         # 3. Leading: the key must still carry our session; anything else ends the term (unless this

@@ -212,3 +212,81 @@ class WatchThread(threading.Thread):
                 self._quick.reset()  # it blocked as a blocking query should
             streak = streak + 1 if quick else 0
             index = 0 if went_back else max(new_index, 1)
+
+
+class Watches:
+    """Every watch of one elector: regrouped as keys come, polled inline in tests, threads otherwise.
+
+    ``keys`` lists what to watch (the campaigned-for keys and their control records); ``post`` and
+    ``react`` receive the news (see :class:`WatchThread`). With ``threads`` False nothing blocks:
+    :meth:`poll` reads every prefix once (for tests on a fake clock).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        keys: Callable[[], Collection[str]],
+        *,
+        key_prefix: str,
+        wait: float,
+        threads: bool,
+        post: Callable[[KeyChanged | WatchFailed], None],
+        react: Callable[[KeyChanged], None],
+        stop: threading.Event,
+        rng: _retry.Random,
+        stats: EngineStats | None = None,
+    ) -> None:
+        self._backend = backend
+        self._keys = keys
+        self._key_prefix = key_prefix
+        self._wait = wait
+        self._threads_on = threads
+        self._post = post
+        self._react = react
+        self._stop = stop
+        self._rng = rng
+        self._stats = stats
+        self.watches: dict[str, PrefixWatch] = {}
+        self.threads: dict[str, WatchThread] = {}
+        self._warned_whole_store = False
+
+    def regroup(self, keys: Collection[str]) -> None:
+        """Watch every one of ``keys`` through at most a few prefixes (see :func:`watch_prefixes`)."""
+        prefixes = watch_prefixes(keys, self._key_prefix)
+        if prefixes == [""] and not self._warned_whole_store and self._threads_on:
+            self._warned_whole_store = True
+            _log.warning(
+                "the %d keys of this process share no prefix: one blocking query watches the whole KV store; "
+                "set a key prefix (SINGLETON_KEY_PREFIX) to watch only yours",
+                len(keys),
+            )
+        for prefix in list(self.watches):
+            if prefix not in prefixes:
+                del self.watches[prefix]
+                thread = self.threads.pop(prefix, None)
+                if thread is not None:
+                    thread.retire()
+        for prefix in prefixes:
+            if prefix in self.watches:
+                continue
+            watch = PrefixWatch(prefix, self._backend, self._keys, self._wait)
+            self.watches[prefix] = watch
+            if self._threads_on and not self._stop.is_set():
+                thread = WatchThread(watch, self._post, self._stop, self._rng, self._stats, react=self._react)
+                self.threads[prefix] = thread
+                thread.start()
+
+    def poll(self) -> None:
+        """Inline mode: read every prefix once, at once, and post what changed."""
+        for watch in list(self.watches.values()):
+            try:
+                _, changes = watch.poll(0)
+            except BackendError as exc:
+                if self._stats is not None:
+                    self._stats.count_error("watch", exc)
+                for key in watch.watched():
+                    if "#" not in key:  # control records have no campaign of their own
+                        self._post(WatchFailed(key, exc))
+                continue
+            for change in changes:
+                self._post(change)

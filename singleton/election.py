@@ -75,7 +75,7 @@ from singleton._log import RateLimitedLogger
 from singleton._phase import ATTEMPTING, TIMED
 from singleton._session import SessionEvent, SessionKeeper, SessionUnavailable
 from singleton._stats import EngineStats
-from singleton._watch import KeyChanged, PrefixWatch, WatchFailed, WatchThread, watch_prefixes
+from singleton._watch import KeyChanged, Watches, WatchFailed
 from singleton.backends import Acquisition, Backend, create_backend
 from singleton.config import LOCK_DELAY_MAX, LeaseOverrides, LeaseSpec, Settings, holder_identity
 from singleton.errors import (
@@ -543,15 +543,24 @@ class Elector:
         self._stop = threading.Event()
         self._elections: dict[str, Election] = {}
         self._groups: dict[LeaseSpec, _Group] = {}
-        self._watches: dict[str, PrefixWatch] = {}
-        self._watch_threads: dict[str, WatchThread] = {}
-        self._warned_whole_store = False
         self._thread: threading.Thread | None = None
         self._closed = False
         self._close_done = threading.Event()
         self._rlog = RateLimitedLogger(_log, clock=clock)
         #: Consul errors and renewal latency, for metrics (singleton.contrib.prometheus).
         self.stats = EngineStats()
+        self._watches = Watches(
+            self.backend,
+            self._watched_keys,
+            key_prefix=self.settings.key_prefix,
+            wait=self.settings.watch_wait,
+            threads=watch == "thread",
+            post=self._post,
+            react=self._react,
+            stop=self._stop,
+            rng=self._rng,
+            stats=self.stats,
+        )
         # The election thread's heartbeat (time.monotonic): when its last step ended, and the wait it chose.
         self._beat: float | None = None
         self._beat_wait = 0.0
@@ -720,7 +729,7 @@ class Elector:
         # The election thread has stopped: from here this thread is the campaigns' only writer.
         for campaign in campaigns:
             campaign.shut_down()
-        self._release_all(campaigns)
+        _hand_back(campaigns, [group.keeper for group in self._groups.values()])
         # Watch threads are daemons blocked in a query for up to watch_wait: they see _stop and end when
         # it returns. Waiting for them would only delay the exit.
         self.backend.close()
@@ -739,49 +748,6 @@ class Elector:
             self.backend.after_fork_in_child()
         except Exception:
             _log.exception("the backend's after-fork clean-up failed")
-
-    def _release_all(self, campaigns: list[Campaign]) -> None:
-        """Release each key this process holds, then destroy the sessions.
-
-        Once a call finds the backend unreachable the rest are skipped, so a down Consul delays the
-        shutdown by one request timeout, not one per key: the sessions then expire on their own.
-        """
-        unreachable: BackendError | None = None
-        for campaign in campaigns:
-            keeper = campaign.keeper
-            if keeper.id is None or campaign.held_by != keeper.id or unreachable is not None:
-                continue
-            if campaign.bodies:
-                _log.warning(
-                    "%r still has %d running bodies after the shutdown grace: not released; it frees "
-                    "itself %gs after the session is destroyed (lock-delay)",
-                    campaign.key,
-                    len(campaign.bodies),
-                    campaign.spec.lock_delay,
-                )
-                continue
-            try:
-                campaign.release()
-            except BackendUnavailable as exc:
-                unreachable = exc
-            except BackendError as exc:
-                _log.warning("could not release %r at shutdown: %s", campaign.key, exc)
-        for group in list(self._groups.values()):
-            if unreachable is not None:
-                group.keeper.id = None
-                continue
-            try:
-                group.keeper.destroy()  # the session, then its health check (fast failover)
-            except BackendUnavailable as exc:
-                unreachable = exc
-            except BackendError as exc:
-                _log.warning("could not destroy the session at shutdown: %s", exc)
-        if unreachable is not None:
-            _log.warning(
-                "could not release the keys at shutdown (%s); Consul frees them when the session expires "
-                "(after its TTL, then the lock-delay)",
-                unreachable,
-            )
 
     # -- the election thread --------------------------------------------------------------------
 
@@ -885,7 +851,7 @@ class Elector:
                 if lost is not None:
                     self._dispatch(self._groups[campaign.spec], [lost])
         if adopted:  # once per batch: a thousand keys registered at once regroup once
-            self._regroup_watches()
+            self._watches.regroup(list(self._elections))
 
     def _adopt(self, campaign: Campaign) -> None:
         group = self._groups[campaign.spec]
@@ -893,33 +859,6 @@ class Elector:
         if keeper.id is None and keeper.retry_at > self._clock():
             keeper.retry_at = self._clock()  # a new key: try to create the session now
         group.campaigns.append(campaign)
-
-    def _regroup_watches(self) -> None:
-        """Watch every key through at most a few prefixes (see ``singleton._watch``)."""
-        keys = list(self._elections)
-        prefixes = watch_prefixes(keys, self.settings.key_prefix)
-        if prefixes == [""] and not self._warned_whole_store and self._watch_mode == "thread":
-            self._warned_whole_store = True
-            _log.warning(
-                "the %d keys of this process share no prefix: one blocking query watches the whole KV store; "
-                "set a key prefix (SINGLETON_KEY_PREFIX) to watch only yours",
-                len(keys),
-            )
-        for prefix in list(self._watches):
-            if prefix not in prefixes:
-                del self._watches[prefix]
-                thread = self._watch_threads.pop(prefix, None)
-                if thread is not None:
-                    thread.retire()
-        for prefix in prefixes:
-            if prefix in self._watches:
-                continue
-            watch = PrefixWatch(prefix, self.backend, self._watched_keys, self.settings.watch_wait)
-            self._watches[prefix] = watch
-            if self._watch_mode == "thread" and not self._stop.is_set():
-                thread = WatchThread(watch, self._post, self._stop, self._rng, self.stats, react=self._react)
-                self._watch_threads[prefix] = thread
-                thread.start()
 
     def _react(self, change: KeyChanged) -> None:
         """On a watch thread: post ``change``; when it frees a key whose campaign watches it (another
@@ -960,17 +899,7 @@ class Elector:
 
     def _poll_watches(self) -> None:
         """watch="inline": read every prefix once instead of blocking queries (for tests without threads)."""
-        for watch in list(self._watches.values()):
-            try:
-                _, changes = watch.poll(0)
-            except BackendError as exc:
-                self.stats.count_error("watch", exc)
-                for key in watch.watched():
-                    if "#" not in key:
-                        self._post(WatchFailed(key, exc))
-                continue
-            for change in changes:
-                self._post(change)
+        self._watches.poll()
         self._drain()
 
     def _next_due(self) -> float:
@@ -984,6 +913,50 @@ class Elector:
                 if campaign.phase in TIMED or (valid and campaign.phase in ATTEMPTING):
                     due = min(due, campaign.due)
         return max(0.0, due - now)
+
+
+def _hand_back(campaigns: list[Campaign], keepers: list[SessionKeeper]) -> None:
+    """At shutdown: release each key this process holds, then destroy the sessions (and their checks).
+
+    Once a call finds the backend unreachable the rest are skipped, so a down Consul delays the
+    shutdown by one request timeout, not one per key: the sessions then expire on their own.
+    """
+    unreachable: BackendError | None = None
+    for campaign in campaigns:
+        keeper = campaign.keeper
+        if keeper.id is None or campaign.held_by != keeper.id or unreachable is not None:
+            continue
+        if campaign.bodies:
+            _log.warning(
+                "%r still has %d running bodies after the shutdown grace: not released; it frees "
+                "itself %gs after the session is destroyed (lock-delay)",
+                campaign.key,
+                len(campaign.bodies),
+                campaign.spec.lock_delay,
+            )
+            continue
+        try:
+            campaign.release()
+        except BackendUnavailable as exc:
+            unreachable = exc
+        except BackendError as exc:
+            _log.warning("could not release %r at shutdown: %s", campaign.key, exc)
+    for keeper in keepers:
+        if unreachable is not None:
+            keeper.id = None
+            continue
+        try:
+            keeper.destroy()  # the session, then its health check (fast failover)
+        except BackendUnavailable as exc:
+            unreachable = exc
+        except BackendError as exc:
+            _log.warning("could not destroy the session at shutdown: %s", exc)
+    if unreachable is not None:
+        _log.warning(
+            "could not release the keys at shutdown (%s); Consul frees them when the session expires "
+            "(after its TTL, then the lock-delay)",
+            unreachable,
+        )
 
 
 #: Every elector of this process, so that a forked child can disown them all.

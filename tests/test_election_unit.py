@@ -491,7 +491,7 @@ def test_with_a_key_prefix_one_blocking_query_watches_every_key() -> None:
             assert election.wait_for_leadership(5)
         assert backend.calls["watch"] == 0
         assert 1 <= backend.calls["watch_prefix"] <= 25  # one query, answered again on each change
-        assert len(a._watch_threads) == 1
+        assert len(a._watches.threads) == 1
         token = elections[7].token
         assert token is not None
         backend.delete("app/jobs/7")
