@@ -178,7 +178,8 @@ def lock_delay_replay(s: Scenario, holder: Host) -> None:
 
 
 FAULTS = [
-    Fault("sigkill-holder", sigkill_holder, True, "SIGKILL of the holder"),
+    # Not in the CI set: tests/test_integration.py fails a crashed leader over in the default mode already.
+    Fault("sigkill-holder", sigkill_holder, False, "SIGKILL of the holder"),
     Fault("sigstop-holder-38s", sigstop_holder, False, "SIGSTOP of the holder for 38 s, then SIGCONT"),
     Fault("raft-leader-kill", raft_leader_kill, False, "SIGKILL of the raft leader (restarted after 10 s)"),
     Fault("agent-kill-restart", agent_kill_restart, False, "the holder's agent SIGKILLed, restarted after 3 s"),
