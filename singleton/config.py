@@ -92,13 +92,18 @@ def check_range(name: str, value: object, low: float, high: float) -> float:
     return number
 
 
+def check_flag(name: str, value: object, choices: str = "true or false") -> bool | None:
+    """``value`` as a bool (``None`` and bools as given; "1"/"true"/"yes"/"on" and their opposites), or
+    a ConfigurationError naming ``name`` and the ``choices``."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigurationError(f"{name} must be {choices}, got {value!r}")
+
+
 def _flag(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"{name} must be true or false, got {value!r}")
+    return bool(check_flag(name, value))
 
 
 #: The longest key accepted, prefix included, in bytes of UTF-8. Consul 1.8 sets no limit of its own:

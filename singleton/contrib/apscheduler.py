@@ -103,7 +103,7 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 from singleton._attach import Attachment
-from singleton.config import LeaseOverrides, check_range, validate_key
+from singleton.config import LeaseOverrides, check_flag, check_range, validate_key
 from singleton.election import Election, Elector, Role
 from singleton.errors import ConfigurationError
 from singleton.token import StopToken
@@ -152,8 +152,6 @@ _SHARED_STORE_MODULES = (
     "apscheduler.jobstores.rethinkdb",
     "apscheduler.jobstores.etcd",
 )
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 SchedulerT = TypeVar("SchedulerT")
 
@@ -599,13 +597,11 @@ def _on_grid(trigger: Any, when: datetime | None) -> datetime | None:
 
 
 def _flag(name: str, value: object) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ConfigurationError(
-        f"{name} must be True (every process sees the same stored jobs), False (each process has its own "
-        f"copy) or None (decide by the store's type), got {value!r}"
+    return check_flag(
+        name,
+        value,
+        "True (every process sees the same stored jobs), False (each process has its own "
+        "copy) or None (decide by the store's type)",
     )
 
 

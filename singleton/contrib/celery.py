@@ -122,7 +122,7 @@ if tuple(celery.VERSION[:2]) < (5, 3):  # pragma: no cover - depends on the envi
 
 from singleton import _runtime
 from singleton._attach import Attachment
-from singleton.config import LeaseOverrides, validate_key
+from singleton.config import LeaseOverrides, check_flag, validate_key
 from singleton.decorators import LeaderOnlyHandle
 from singleton.election import Election, Elector, Role
 from singleton.errors import ConfigurationError, LeadershipLost
@@ -143,8 +143,6 @@ RESIGN_WAIT = 2.0
 #: is: thousands of calls. When a tick did nothing and asks for no sleep, sleep this long instead.
 SPIN_GUARD = 0.005
 _SHARED_SCHEDULER_MODULES = ("django_celery_beat.schedulers",)
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class LeaderOnlyScheduler(Scheduler):  # type: ignore[misc]
@@ -630,13 +628,11 @@ def _option(given: Any, argument: str, conf: Any, setting: str) -> tuple[Any, st
 
 
 def _flag(name: str, value: object) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ConfigurationError(
-        f"{name} must be True (every beat reads the same stored schedule), False (each beat has its own "
-        f"copy) or None (decide by the scheduler class), got {value!r}"
+    return check_flag(
+        name,
+        value,
+        "True (every beat reads the same stored schedule), False (each beat has its own "
+        "copy) or None (decide by the scheduler class)",
     )
 
 
