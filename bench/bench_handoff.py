@@ -6,23 +6,31 @@ Two processes play ping-pong with one key: the leader holds it for 100 ms, resig
 lock-delay), and campaigns again; the follower's blocking query sees the release and acquires. A
 handoff is measured from just before ``resign()`` in one process to the leadership listener firing
 in the other (both read the same machine's wall clock). For reference, the same path with Consul
-alone: a raw release, seen by a raw blocking query in another thread, followed by a raw acquire.
+alone: a raw release, seen by a raw blocking query in another thread, followed by a raw acquire; and
+``consul lock``'s handoff: from telling the holder's child to exit (``consul lock`` then releases) to
+the waiting ``consul lock``'s child saying it started (each child is ``sh``, a millisecond or two of
+fork and exec that the others do not pay).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import selectors
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from _common import dev_agent, machine, percentiles
 
 from singleton import Elector, LeaseSpec, Settings
 from singleton.backends.consul import ConsulBackend
 from singleton.config import ConsulSettings
+from singleton.testing import find_consul
 
 KEY = "bench/handoff"
 
@@ -86,6 +94,45 @@ def consul_alone(backend: ConsulBackend, trials: int) -> list[float]:
     return results
 
 
+def consul_lock(address: str, trials: int) -> list[float]:
+    """``consul lock``: the holder's child exits, the next ``consul lock``'s child starts."""
+    results: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="singleton-bench-lock-") as tmp:
+
+        def start(n: int) -> tuple[subprocess.Popen[str], Path]:
+            fifo = Path(tmp) / f"exit-{n}"
+            os.mkfifo(fifo)
+            child = f"sh -c 'echo up; read x < {fifo}'"
+            command = [find_consul(), "lock", f"-http-addr={address}", KEY + "-consul-lock", child]
+            return subprocess.Popen(command, stdout=subprocess.PIPE, text=True), fifo
+
+        def started(proc: subprocess.Popen[str], timeout: float) -> float:
+            assert proc.stdout is not None
+            with selectors.DefaultSelector() as selector:
+                selector.register(proc.stdout, selectors.EVENT_READ)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    if selector.select(timeout=0.5) and proc.stdout.readline().strip() == "up":
+                        return time.perf_counter()
+            raise RuntimeError("consul lock's child never started")
+
+        holder, fifo = start(0)
+        started(holder, 30)
+        for n in range(1, trials + 1):
+            waiter, next_fifo = start(n)
+            time.sleep(1.0)  # its session, its first try and its blocking query are in place
+            begun = time.perf_counter()
+            with open(fifo, "w") as tell:  # the holder's child reads it and exits
+                tell.write("exit\n")
+            results.append(started(waiter, 30) - begun)
+            holder.wait(30)
+            holder, fifo = waiter, next_fifo
+        with open(fifo, "w") as tell:
+            tell.write("exit\n")
+        holder.wait(30)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=60)
@@ -129,9 +176,11 @@ def main() -> None:
                 handoffs.append(float(event["t"]) - float(last_release["t"]))  # type: ignore[arg-type]
                 last_release = None
         raw = consul_alone(ConsulBackend(agent.settings()), args.trials)
+        lock_cli = consul_lock(agent.address, min(args.trials, 30))
     print(machine())
     print(f"graceful handoff, resign -> other process leads ({len(handoffs)} trials): {percentiles(handoffs)}")
     print(f"Consul alone, release -> blocking query -> acquire ({len(raw)} trials): {percentiles(raw)}")
+    print(f"consul lock, child exits -> next child starts ({len(lock_cli)} trials): {percentiles(lock_cli)}")
 
 
 if __name__ == "__main__":
