@@ -398,6 +398,99 @@ def test_leadership_arriving_wakes_beat_at_once_and_the_shared_schedule_is_loade
     assert not loop.is_alive()
 
 
+def test_a_signal_during_a_pass_is_held_until_it_ends_and_a_second_one_is_not() -> None:
+    from singleton.contrib.celery import _signals_held
+
+    seen: list[str] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signal.Signals(signum).name)
+
+    saved = signal.signal(signal.SIGTERM, handler)
+    try:
+        with _signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen.append("pass ends")
+        assert seen == ["pass ends", "SIGTERM"]
+        assert signal.getsignal(signal.SIGTERM) is handler
+        seen.clear()
+        with _signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen.append("pass ends")
+        assert seen == ["SIGTERM", "pass ends"], "asked twice: delivered at once, and only once"
+        seen.clear()
+
+        def interrupted_pass() -> None:
+            with _signals_held():
+                os.kill(os.getpid(), signal.SIGINT)  # Python's own SIGINT handler, held too
+                seen.append("pass ends")
+
+        with pytest.raises(KeyboardInterrupt):
+            interrupted_pass()
+        assert seen == ["pass ends"]
+
+        def elsewhere() -> None:
+            with _signals_held():
+                seen.append(repr(signal.getsignal(signal.SIGTERM) is handler))
+
+        seen.clear()
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join(5)
+        assert seen == ["True"], "off the main thread nothing is held (handlers cannot be changed there)"
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+@pytest.mark.consul
+def test_beats_stop_signal_in_the_middle_of_a_send_waits_for_the_send(electors: list[Elector], tmp_path: Path) -> None:
+    """Beat's own SIGTERM handler (close the scheduler, raise SystemExit) landing between the write of a
+    shared entry's run and its send: the run recorded is sent, then beat stops (seen in CI: a scheduled
+    time recorded by the old leader, never sent, and skipped by the new one)."""
+    from celery.beat import Service  # type: ignore[import-untyped, unused-ignore]
+
+    recorded: list[float] = []
+
+    class Store(Scheduler):  # type: ignore[misc]
+        """A shared store that records each run it writes, and is stopped right after its first write."""
+
+        armed = False
+
+        def reserve(self, entry: Any) -> Any:
+            self.armed = True
+            return super().reserve(entry)
+
+        def sync(self) -> None:
+            if self.armed:
+                self.armed = False
+                recorded.append(self.schedule["tick"].last_run_at.timestamp())
+                os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next line
+
+    app = make_app(tmp_path)
+    scheduler = LeaderOnlyScheduler(app, key="beat", elector=electors[0], inner=Store, shared=True)
+    service = Service(app)
+    service.__dict__["scheduler"] = scheduler  # what beat's Service builds and its handler closes
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    app.Beat().install_sync_handler(service)
+    beats_handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert scheduler.election is not None
+        assert scheduler.election.wait_for_leadership(10)
+        with pytest.raises(SystemExit):
+            run_ticks(scheduler, 5)
+        assert recorded, "the store was written, and beat was stopped there"
+        assert scheduler._closed
+        assert scheduler.election.role is Role.RESIGNED, "beat's handler closed the scheduler: the key is resigned"
+        assert signal.getsignal(signal.SIGTERM) is beats_handler, "beat's handler is back in place"
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        scheduler.close()
+    messages = sent(tmp_path)
+    assert len(messages) == len(recorded) == 1, (messages, recorded)
+
+
 @pytest.mark.consul
 def test_a_new_leader_does_not_send_times_that_fell_due_before_its_term(
     electors: list[Elector], tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -71,8 +71,11 @@ holds the lock. While the first acquisition attempt has no outcome, beat sends a
 
 *Beat stops.* SIGTERM or SIGINT (celery beat's handler closes the scheduler): the schedule is synced,
 then the key is resigned (released without a lock-delay), so another beat takes over within
-milliseconds and sends the next due task on time. ``kill -9``: the key frees itself when Consul
-expires the session (between ``ttl`` and ``2 x ttl``) plus ``lock_delay``.
+milliseconds and sends the next due task on time. Beat's handler runs wherever beat is: one that
+lands in the middle of a pass (between recording an entry's run and sending it) waits until the pass
+ends, milliseconds, so a run recorded is a run sent; a second signal of the same kind does not wait.
+``kill -9``: the key frees itself when Consul expires the session (between ``ttl`` and ``2 x ttl``)
+plus ``lock_delay``.
 
 *Follower CPU.* A follower with a per-process schedule wakes at each due time (to advance it); with
 a shared one it wakes every ``beat_max_loop_interval`` (5 s for DatabaseScheduler) or when leadership
@@ -93,11 +96,13 @@ then runs wherever it is delivered and its body decides.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -334,7 +339,8 @@ class LeaderOnlyScheduler(Scheduler):  # type: ignore[misc]
                 self._inner, self._term = inner, token
         inner = self._inner
         reserved = inner._singleton_reserved
-        delay = float(inner.tick())
+        with _signals_held():
+            delay = float(inner.tick())
         if delay <= 0 and inner._singleton_reserved == reserved:
             delay = SPIN_GUARD
         return delay
@@ -501,6 +507,55 @@ class _Hooks(Scheduler):  # type: ignore[misc]
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         return self._singleton_owner._send(self, entry, producer, advance, kwargs, super().apply_async)
+
+
+#: What beat's own handler does on these (``install_sync_handler``: close the scheduler, then raise
+#: SystemExit) must not happen between recording a run and sending it.
+_HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT for one pass of the wrapped scheduler; deliver them when it ends.
+
+    Beat's handler closes the scheduler and raises SystemExit wherever the main thread is. Landing
+    between a shared schedule's write of an entry's new ``last_run_at`` and the send, it lost that
+    scheduled time on a graceful stop: recorded as sent by the old leader, never sent, skipped by the
+    new one. Held, the pass finishes (milliseconds; the sleep between passes is not held) and the
+    handler runs right after it. A second signal of the same kind is not held: it is delivered at
+    once. Only the main thread can touch handlers; elsewhere, and for a handler not installed from
+    Python, nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+    caught: list[int] = []
+
+    def deliver() -> None:
+        """Put the handlers back, then raise what was held (their handler may raise: SystemExit)."""
+        while previous:
+            signum, handler = previous.popitem()
+            signal.signal(signum, handler)
+        while caught:
+            signal.raise_signal(caught.pop(0))
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum in caught:  # asked twice: stop waiting for the pass
+            deliver()
+            return
+        caught.append(signum)
+        _log.info("%s while beat sends: delivered when this pass ends", signal.Signals(signum).name)
+
+    for signum in _HELD_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            previous[signum] = handler
+            signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        deliver()
 
 
 _hooked_classes: dict[type, type] = {}
