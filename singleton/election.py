@@ -767,6 +767,11 @@ class Elector:
                 _log.exception("unexpected error in the election thread")
                 delay = 1.0
             self._beat_wait, self._beat = delay, time.monotonic()
+            if self._stop.is_set():
+                # close() sets _stop, then wakes this thread with a None; a step draining the inbox at
+                # that moment has taken the None, and the wait would last IDLE_WAKEUP: longer than
+                # close() waits, which then gave up on the hand-back (the key left to expire).
+                break
             try:
                 self._waiting = self._inbox.get(timeout=delay) if delay > 0 else None
             except queue.Empty:

@@ -12,6 +12,7 @@ import pytest
 from singleton._watch import PrefixWatch
 from singleton.backends.base import Acquisition, KeyInfo
 from singleton.backends.memory import MemoryBackend
+from singleton.config import Settings
 from singleton.election import Elector, Phase, Role
 from singleton.errors import BackendUnavailable, ConfigurationError
 from singleton.token import StopCause
@@ -869,3 +870,29 @@ def test_a_freed_key_is_attempted_from_the_watch_thread_and_judged_on_the_electi
     finally:
         holder.close(grace=0)
         follower.close(grace=0)
+
+
+def test_close_ends_the_election_thread_when_a_step_swallowed_its_wake_up() -> None:
+    """close() sets ``_stop``, then wakes the election thread with a None in its inbox. A step draining
+    the inbox at that moment took the None, and the thread slept IDLE_WAKEUP (30 s): close() gave up
+    on it, and ``singleton run`` exited without releasing its key (seen after a step-down, whose polls
+    keep the thread stepping: the next holder came 28 s later, after the TTL and the lock-delay)."""
+    elector = Elector(Settings(backend="memory://", identity="unit:1"))
+    try:
+        assert elector.register("k").wait_for_leadership(5)
+        thread = elector._thread
+        assert thread is not None
+        drain = elector._drain
+
+        def close_lands_mid_step() -> None:
+            if threading.current_thread() is thread and not elector._stop.is_set():
+                elector._stop.set()  # what close() does, in its order
+                elector._inbox.put(None)
+            drain()
+
+        elector._drain = close_lands_mid_step  # type: ignore[method-assign]
+        elector._inbox.put(None)  # wake the thread for one more step
+        thread.join(5)
+        assert not thread.is_alive(), "the election thread ends at once, not IDLE_WAKEUP later"
+    finally:
+        elector.close(grace=0)
