@@ -33,6 +33,9 @@ from .celery_fleet import ROOT, BeatFleet, Message, read_messages
 
 TTL = 10.0
 LOCK_DELAY = LeaseSpec(ttl=TTL).min_lock_delay
+#: How far a send may be from one interval (1 s) after the one before it: beat's pass, the store's
+#: write and the publish, on a busy machine. A time lost or sent twice is off by a whole interval.
+SLACK = 0.5
 #: Consul may take up to twice the TTL to invalidate a crashed holder's session, then the lock-delay.
 CRASH_BOUND = 2 * TTL + LOCK_DELAY
 
@@ -804,14 +807,14 @@ def test_three_beats_with_django_celery_beat_send_each_time_once_and_catch_up_on
     for previous, message in itertools.pairwise(messages):
         if message == catch_up:
             continue
-        assert abs(message.scheduled - (previous.at + 1)) < 0.25, report
+        assert abs(message.scheduled - (previous.at + 1)) < SLACK, report
     # After the crash: one catch-up send for the whole failover window, scheduled one interval after the
     # dead leader's last send, then the schedule resumes from it.
     caught, after = scenario.by(scenario.third)[:2]
     last_of_second = scenario.by(scenario.second)[-1]
-    assert abs(caught.scheduled - (last_of_second.at + 1)) < 0.25, report
+    assert abs(caught.scheduled - (last_of_second.at + 1)) < SLACK, report
     assert caught.scheduled < scenario.crash_lead
-    assert abs(after.scheduled - (caught.at + 1)) < 0.25, report
+    assert abs(after.scheduled - (caught.at + 1)) < SLACK, report
 
 
 @pytest.mark.consul
