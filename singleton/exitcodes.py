@@ -16,5 +16,6 @@ EXIT_USAGE = 64
 EXIT_UNAVAILABLE = 69
 #: Another process holds the lock, and the caller asked for a distinct code (EX_TEMPFAIL: try later).
 EXIT_HELD_ELSEWHERE = 75
-#: The lock was lost while the command ran; it was stopped.
+#: The lock was lost, or an operator paused the key or asked for a step-down, while the command ran;
+#: it was told to stop.
 EXIT_LEADERSHIP_LOST = 76

@@ -358,7 +358,10 @@ def _watch(
         if done_event.is_set():
             return LeadershipOutcome.DONE
         if token.stopped:
-            _log.warning("%r: leadership lost (%s); stop_event set", key, token.reason)
+            lost = not (token.cause is not None and token.cause.by_operator)
+            _log.warning(
+                "%r: %s (%s); stop_event set", key, "leadership lost" if lost else "told to stop", token.reason
+            )
             return LeadershipOutcome.LOST
         if returned.is_set() and not warned:
             warned = True

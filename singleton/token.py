@@ -82,6 +82,11 @@ class StopCause(str, enum.Enum):
     #: A forked child's copy of its parent's token.
     FORKED = "forked"
 
+    @property
+    def by_operator(self) -> bool:
+        """A pause or a step-down: not a lost lock; this process holds the key while its bodies end."""
+        return self is StopCause.PAUSED or self is StopCause.STEPPED_DOWN
+
 
 class Lease:
     """When this process's proof of holding a session's keys runs out, on the elector's monotonic clock.

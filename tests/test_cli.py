@@ -451,6 +451,60 @@ def test_an_unreachable_agent_ends_the_command_before_the_session_could_expire(
     assert lease - TTL / 3 - 0.5 < last_beat < TTL + LOCK_DELAY, last_beat
 
 
+@pytest.mark.consul
+def test_step_down_during_a_run_stops_the_command_and_a_waiting_run_takes_over(
+    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner]
+) -> None:
+    key = key_prefix + "job"
+    first = Runner(tmp_path, consul_agent.address, key, name="first")
+    runners.append(first)
+    first.started()
+    second = Runner(
+        tmp_path, consul_agent.address, key, "--wait", "60", "-v", child=("--seconds", "0.2"), name="second"
+    )
+    runners.append(second)
+    time.sleep(0.5)  # the second run is waiting
+    asked = time.time()
+    result = cli("step-down", key, "--for", "30", address=consul_agent.address)
+    assert result.returncode == 0, result.stderr
+    assert "stepped down" in result.stdout, result.stdout  # "the key is free", or who holds it already
+    assert first.wait() == EXIT_LEADERSHIP_LOST, first.stderr()
+    assert [e.detail for e in first.events("signal")] == ["SIGTERM"], "told to stop with SIGTERM, once"
+    assert "asked to step down" in first.stderr()
+    assert "lost the lock" not in first.stderr(), "a step-down is not a lost lock: " + first.stderr()
+    assert second.wait() == 0, second.stderr()
+    (second_start,) = second.events("start")
+    assert first.events("signal")[0].at < second_start.at, "the first command ended before the second began"
+    assert second_start.at - asked < 5, f"asked {asked:.6f}\n--- first\n{first.stderr()}\n--- second\n{second.stderr()}"
+
+
+@pytest.mark.consul
+def test_a_pause_during_a_run_stops_the_command_and_no_run_starts_until_resumed(
+    consul_agent: ConsulAgent, key_prefix: str, tmp_path: Path, runners: list[Runner]
+) -> None:
+    key = key_prefix + "job"
+    first = Runner(tmp_path, consul_agent.address, key, name="first")
+    runners.append(first)
+    first.started()
+    result = cli("pause", key, "--reason", "migration", address=consul_agent.address)
+    assert result.returncode == 0, result.stderr
+    assert first.wait() == EXIT_LEADERSHIP_LOST, first.stderr()
+    assert [e.detail for e in first.events("signal")] == ["SIGTERM"]
+    assert "paused by" in first.stderr(), first.stderr()
+    assert "migration" in first.stderr(), first.stderr()
+    assert "lost the lock" not in first.stderr(), first.stderr()
+    second = Runner(tmp_path, consul_agent.address, key, "--wait", "60", child=("--seconds", "0.2"), name="second")
+    runners.append(second)
+    time.sleep(1.5)
+    assert second.proc.poll() is None, "it waits while the key is paused"
+    assert second.events("start") == [], "nothing runs while the key is paused"
+    resumed = time.time()
+    assert cli("resume", key, address=consul_agent.address).returncode == 0
+    assert second.wait() == 0, second.stderr()
+    (second_start,) = second.events("start")
+    assert second_start.at - resumed < 5
+
+
 # -- status ---------------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ are tested in this process, which never configures Django.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 
 from singleton import Elector, LeaseSpec, Settings
 from singleton.backends.consul import ConsulBackend
+from singleton.cli import main as cli_main
 from singleton.config import ConsulSettings
 from singleton.contrib.django.conf import allowed_keys, settings_from
 from singleton.errors import ConfigurationError
@@ -640,3 +642,43 @@ def test_sigterm_hands_a_leader_only_command_s_lock_over(
         assert holder.wait() == -signal.SIGTERM
     finally:
         follower.close(grace=0)
+
+
+@pytest.mark.consul
+def test_a_paused_key_tells_the_running_command_to_stop_and_runs_nothing_until_resumed(
+    consul_agent: ConsulAgent, setting: dict[str, Any], key_prefix: str, tmp_path: Path, runs: Callable[..., Run]
+) -> None:
+    log = tmp_path / "events.log"
+    env = project_env(setting)
+    key = key_prefix + "watch_token"
+
+    def operator(*args: str) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        assert cli_main([*args, "--address", consul_agent.address], stdout=out, stderr=err) == 0, err.getvalue()
+
+    running = runs(env, "watch_token", "--events", str(log), "--then", "return")
+    wait_until(lambda: bool(read_events(log, "start")), 30, "the command", running)
+    operator("pause", key, "--reason", "migration")
+    try:
+        assert running.wait() == EXIT_LEADERSHIP_LOST, str(running)
+        (stopped,) = read_events(log, "stopped")
+        assert "paused by" in stopped.detail, stopped.detail
+        assert "paused by" in running.stderr, str(running)
+        assert "migration" in running.stderr, str(running)
+        assert "lost the lock" not in running.stderr, "a pause is not a lost lock: " + running.stderr
+        assert "Traceback" not in running.stderr
+        # While paused: another run does nothing, quietly as when another host holds the lock, or says
+        # why with --leader-fail-if-held.
+        quiet = runs(env, "watch_token", "--events", str(log), "--max", "0.1")
+        strict = runs(env, "watch_token", "--events", str(log), "--max", "0.1", "--leader-fail-if-held")
+        assert quiet.wait() == EXIT_OK, str(quiet)
+        assert (quiet.stdout, quiet.stderr) == ("", ""), str(quiet)
+        assert strict.wait() == EXIT_HELD_ELSEWHERE, str(strict)
+        assert "paused by" in strict.stderr, str(strict)
+        assert "migration" in strict.stderr, str(strict)
+        assert len(read_events(log, "start")) == 1, "nothing else ran while the key was paused"
+    finally:
+        operator("resume", key)
+    after = runs(env, "watch_token", "--events", str(log), "--max", "0.1")
+    assert after.wait() == EXIT_OK, str(after)
+    assert len(read_events(log, "start")) == 2, "resumed: the command runs again"

@@ -8,6 +8,7 @@ the package is installed beside python-consul2: the Go entry, a decorated call, 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import consul
 import pytest
 
 from singleton import Elector, LeaseSpec, Settings
+from singleton.cli import main as cli_main
 from singleton.errors import ConfigurationError
 from singleton.goapi import LeadershipOutcome, _settings_from_client, maybe_acquire_leadership
 from singleton.testing import ConsulAgent
@@ -166,6 +168,54 @@ def test_without_exit_on_lock_found_it_waits_for_the_holder(consul_agent: Consul
         assert job.seen["value"] == IDENTITY
     finally:
         release.join()
+
+
+def operator(*args: str) -> None:
+    """``singleton pause`` / ``resume`` as an operator would run them (in this process)."""
+    out, err = io.StringIO(), io.StringIO()
+    assert cli_main(list(args), stdout=out, stderr=err) == 0, err.getvalue()
+
+
+@pytest.mark.consul
+def test_a_paused_key_is_found_locked_waited_out_and_stops_a_running_job(
+    consul_agent: ConsulAgent, key_prefix: str
+) -> None:
+    client = client_for(consul_agent)
+    key = key_prefix + "leader"
+    address = ("--address", consul_agent.address)
+    operator("pause", key, "--reason", "migration", *address)
+    try:
+        ran: list[bool] = []
+        outcome = maybe_acquire_leadership(client, key, 5, TTL, "svc", True, lambda stop, done: ran.append(True))
+        assert outcome is LeadershipOutcome.LOCK_FOUND, "nobody holds it, but it is paused: the job does not run"
+        assert not ran
+        resume = threading.Timer(1.0, operator, args=("resume", key, *address))
+        resume.start()
+        began = time.monotonic()
+        job = DoneAtOnce(client, key)
+        assert maybe_acquire_leadership(client, key, 5, TTL, "svc", False, job) is LeadershipOutcome.DONE
+        resume.join()
+        assert time.monotonic() - began >= 0.9, "the wait lasted until the pause ended"
+        assert job.seen["value"] == IDENTITY
+
+        started = threading.Event()
+        outcomes: list[LeadershipOutcome] = []
+
+        def long_job(stop_event: threading.Event, done_event: threading.Event) -> None:
+            started.set()
+            stop_event.wait(30)
+
+        def go() -> None:
+            outcomes.append(maybe_acquire_leadership(client, key, 5, TTL, "svc", False, long_job))
+
+        runner = threading.Thread(target=go)
+        runner.start()
+        assert started.wait(15)
+        operator("pause", key, *address)
+        runner.join(15)
+        assert outcomes == [LeadershipOutcome.LOST], "stop_event set when the key was paused"
+    finally:
+        operator("resume", key, *address)
 
 
 @pytest.mark.consul

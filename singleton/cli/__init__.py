@@ -30,7 +30,8 @@ Exit codes
 75     ``run --fail-if-held``: another process holds the key (or it is paused); ``--wait S``: not
        acquired in time for another reason (EX_TEMPFAIL); ``step-down``: the holder has not let go
        within ``--wait``
-76     ``run``: the lock was lost while the command ran; it was stopped
+76     ``run``: the lock was lost (or the key paused, or a step-down asked) while the command ran;
+       it was stopped
 126    ``run``: the command could not be executed (permission denied, not executable)
 127    ``run``: the command was not found
 128+N  ``run``: signal N arrived while waiting for the lock; the command was not started
@@ -86,7 +87,8 @@ Waits for the lock (for ever unless --wait or --no-wait), then starts COMMAND in
 own with SINGLETON_LOCK_KEY, SINGLETON_LOCK_FENCE and SINGLETON_LOCK_SESSION in its environment.
 SIGINT, SIGTERM and SIGHUP are forwarded to it; ^Z stops it along with singleton. If the lock is
 lost, COMMAND gets SIGTERM, then SIGKILL before any other process could take the lock (at once
-when one may hold it already), and singleton exits 76. When COMMAND exits, the lock is released
+when one may hold it already), and singleton exits 76; the same, SIGKILL after --kill-grace, when an
+operator pauses the key or asks for a step-down (the lock stays held until COMMAND has exited). When COMMAND exits, the lock is released
 and singleton exits with its code. The key's value, and the session's name, is hostname:pid of
 this singleton process.
 """

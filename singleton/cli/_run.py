@@ -174,7 +174,7 @@ def kill_deadline(
     # ended the session at once after it (a node deregistration), and then nobody can take the key for
     # the lock-delay: that is the earliest takeover whenever the session was invalidated.
     renewed = (lease_end if lease_end is not None else fired_at) - spec.lease
-    if cause in (StopCause.PAUSED, StopCause.STEPPED_DOWN):
+    if cause is not None and cause.by_operator:
         # The command is a running body: a paused holder keeps the key, one stepping down releases it
         # only once its bodies have ended. Nobody else can start before the command is gone.
         return KillPlan(kill_at=fired_at + grace, why="the key stays held until the command has exited")
@@ -384,7 +384,7 @@ class _Run:
                     plan = kill_deadline(
                         token.cause, election.spec, fired_at, token.lease_deadline, self.args.kill_grace
                     )
-                    killed = self._stop_child(child, reason, plan, session)
+                    killed = self._stop_child(child, reason, token.cause, plan, session)
                     continue
                 # Wake at least every second, and at the lease's end: the token may fire by our own
                 # read of it while the election thread is stuck in a call.
@@ -409,7 +409,9 @@ class _Run:
         child.wait()
         self.waker.wake()
 
-    def _stop_child(self, child: subprocess.Popen[bytes], reason: str, plan: KillPlan, session: str) -> bool:
+    def _stop_child(
+        self, child: subprocess.Popen[bytes], reason: str, cause: StopCause | None, plan: KillPlan, session: str
+    ) -> bool:
         """SIGTERM now and SIGKILL at the deadline, or SIGKILL now if it is due. Returns whether killed."""
         left = plan.kill_at - time.monotonic()
         killed = left <= 0
@@ -426,7 +428,8 @@ class _Run:
                     name="singleton-run-session-check",
                     daemon=True,
                 ).start()
-        self.out.note(f"lost the lock on {self.args.key!r}: {reason}; {action}")
+        what = "stopping the command" if cause is not None and cause.by_operator else "lost the lock"
+        self.out.note(f"{what} on {self.args.key!r}: {reason}; {action}")
         return killed
 
     def _check_session(self, pgid: int, session: str) -> None:

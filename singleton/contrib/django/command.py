@@ -53,7 +53,9 @@ get the lock. Nothing interrupts ``handle()``: it should check the token between
 (``current_token().raise_if_stopped()``, ``token.stopped``, ``token.wait(seconds)``) and stop. The
 exit code is then 76 (``EXIT_LEADERSHIP_LOST``) whether ``handle()`` raised
 :class:`~singleton.errors.LeadershipLost` or returned, since the work may be unfinished and may overlap
-the next holder's. Any other exception of ``handle()`` propagates as usual (with its own exit code).
+the next holder's. An operator's ``singleton pause`` or ``step-down`` fires the token too (the lock
+stays held until ``handle()`` returns), with the same exit code and a message that says so. Any other
+exception of ``handle()`` propagates as usual (with its own exit code).
 
 *--no-leader.* The command runs here whatever Consul says (Consul is not contacted);
 :func:`singleton.current_token` is a token that never fires.
@@ -274,11 +276,15 @@ def _run_body(
 
 
 def _lost(token: StopToken, full_key: str, label: str) -> CommandError:
-    return CommandError(
-        f"{label}: lost the lock {full_key!r} while running ({_one_line(token.reason or 'stopped')}); "
-        "the command was told to stop and may not have finished",
-        returncode=EXIT_LEADERSHIP_LOST,
-    )
+    reason = _one_line(token.reason or "stopped")
+    if token.cause is not None and token.cause.by_operator:  # the lock is still ours: not "lost"
+        message = f"{label}: told to stop while holding the lock {full_key!r} ({reason}); it may not have finished"
+    else:
+        message = (
+            f"{label}: lost the lock {full_key!r} while running ({reason}); "
+            "the command was told to stop and may not have finished"
+        )
+    return CommandError(message, returncode=EXIT_LEADERSHIP_LOST)
 
 
 class LeaderOnlyCommand(BaseCommand):  # type: ignore[misc, unused-ignore]
