@@ -13,9 +13,9 @@ from singleton._watch import PrefixWatch
 from singleton.backends.base import Acquisition, KeyInfo
 from singleton.backends.memory import MemoryBackend
 from singleton.config import Settings
-from singleton.election import Elector, Phase, Role
+from singleton.election import Election, Elector, Phase, Role
 from singleton.errors import BackendUnavailable, ConfigurationError
-from singleton.token import StopCause
+from singleton.token import StopCause, StopToken
 
 from .helpers import FakeClock, Partitionable, memory_elector
 
@@ -37,6 +37,24 @@ def two_nodes(backend: MemoryBackend, clock: FakeClock, **kw: object) -> tuple[E
     a = memory_elector(link_a, clock, identity="host-a:1", **kw)  # type: ignore[arg-type]
     b = memory_elector(backend, clock, identity="host-b:2", **kw)  # type: ignore[arg-type]
     return a, b, link_a
+
+
+def step_until_taken(
+    clock: FakeClock, a: Elector, b: Elector, taker: Election, token: StopToken, *, limit: float = 10.0
+) -> tuple[float | None, float | None]:
+    """Step both electors 50 ms at a time until ``taker`` leads (at most ``limit`` s): when the holder's
+    ``token`` fired, and when the key was taken (None for what did not happen)."""
+    fired_at = taken_at = None
+    for _ in range(round(limit / 0.05)):
+        clock.advance(0.05)
+        if fired_at is None and token.stopped:
+            fired_at = clock.now
+        a.step()
+        b.step()
+        if taker.is_leader:
+            taken_at = clock.now
+            break
+    return fired_at, taken_at
 
 
 def test_first_step_acquires_a_free_key(backend: MemoryBackend, clock: FakeClock) -> None:
@@ -683,18 +701,10 @@ def test_a_session_ended_early_cannot_let_anyone_start_before_the_token_fired(
     a.step()  # a renewal, sent now: the lease runs 8 s from here
     link.partitioned = True
     backend.invalidate_session(ea.status().session or "")
-    fired_at = None
-    for _ in range(200):
-        clock.advance(0.05)
-        if fired_at is None and token.stopped:
-            fired_at = clock.now
-        a.step()
-        b.step()
-        if eb.is_leader:
-            break
-    assert eb.is_leader
+    fired_at, taken_at = step_until_taken(clock, a, b, eb, token)
+    assert taken_at is not None, "the other process took the key"
     assert fired_at is not None, "the holder's token fired"
-    assert clock.now - fired_at >= 0.45, "the token fired at least 0.5 s before the other process took the key"
+    assert taken_at - fired_at >= 0.45, "the token fired at least 0.5 s before the other process took the key"
 
 
 def test_shutdown_releases_only_the_keys_it_holds(backend: MemoryBackend, clock: FakeClock) -> None:
@@ -770,16 +780,7 @@ def test_fast_mode_a_crashed_holder_is_replaced_after_check_ttl_and_lock_delay(
     assert token is not None
     link.partitioned = True  # the holder stops feeding its check, as a dead process would
     stopped_at = clock.now
-    fired_at = taken_at = None
-    for _ in range(200):
-        clock.advance(0.05)
-        if fired_at is None and token.stopped:
-            fired_at = clock.now
-        a.step()
-        b.step()
-        if eb.is_leader:
-            taken_at = clock.now
-            break
+    fired_at, taken_at = step_until_taken(clock, a, b, eb, token)
     assert fired_at is not None
     assert taken_at is not None
     # Critical 2 s after the last feed (sent at most 0.5 s before the stop), then the 2 s lock-delay.

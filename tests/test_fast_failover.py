@@ -6,7 +6,6 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,6 @@ TTL = 10.0
 CHECK_TTL = 2.0
 SPEC = LeaseSpec(ttl=TTL, check_ttl=CHECK_TTL)
 FAST = ["--ttl", str(TTL), "--check-ttl", str(CHECK_TTL)]
-
-
-@pytest.fixture
-def fleets() -> Iterator[list[Fleet]]:
-    started: list[Fleet] = []
-    yield started
-    for fleet in started:
-        fleet.stop()
 
 
 def leader_of(fleet: Fleet, since: float = 0.0) -> int:

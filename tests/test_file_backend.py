@@ -8,10 +8,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 import singleton
 from singleton import leader_only
@@ -19,14 +16,6 @@ from singleton.backends.file import FileBackend
 
 from .fleet import Event, Fleet, assert_no_overlap
 from .helpers import in_fork
-
-
-@pytest.fixture
-def fleets() -> Iterator[list[Fleet]]:
-    started: list[Fleet] = []
-    yield started
-    for fleet in started:
-        fleet.stop()
 
 
 def file_fleet(tmp_path: Path, fleets: list[Fleet], *extra: str) -> Fleet:

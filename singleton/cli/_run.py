@@ -380,11 +380,10 @@ class _Run:
             if plan is None:
                 if token.stopped:
                     fired_at = fired[0] if fired else now
-                    reason = token.reason or "stopped"
                     plan = kill_deadline(
                         token.cause, election.spec, fired_at, token.lease_deadline, self.args.kill_grace
                     )
-                    killed = self._stop_child(child, reason, token.cause, plan, session)
+                    killed = self._stop_child(child, token, plan, session)
                     continue
                 # Wake at least every second, and at the lease's end: the token may fire by our own
                 # read of it while the election thread is stuck in a call.
@@ -409,9 +408,7 @@ class _Run:
         child.wait()
         self.waker.wake()
 
-    def _stop_child(
-        self, child: subprocess.Popen[bytes], reason: str, cause: StopCause | None, plan: KillPlan, session: str
-    ) -> bool:
+    def _stop_child(self, child: subprocess.Popen[bytes], token: StopToken, plan: KillPlan, session: str) -> bool:
         """SIGTERM now and SIGKILL at the deadline, or SIGKILL now if it is due. Returns whether killed."""
         left = plan.kill_at - time.monotonic()
         killed = left <= 0
@@ -428,8 +425,9 @@ class _Run:
                     name="singleton-run-session-check",
                     daemon=True,
                 ).start()
+        cause = token.cause
         what = "stopping the command" if cause is not None and cause.by_operator else "lost the lock"
-        self.out.note(f"{what} on {self.args.key!r}: {reason}; {action}")
+        self.out.note(f"{what} on {self.args.key!r}: {token.reason or 'stopped'}; {action}")
         return killed
 
     def _check_session(self, pgid: int, session: str) -> None:
